@@ -1,0 +1,214 @@
+"""Read and write model folders in diffusers layout (config.json + safetensors / .bin weights).
+
+Models are built on the meta device and the checkpoint tensors are assigned into them with strict key
+checking, so a 1.2B UNet loads in the time it takes to read its file, and a missing, unexpected or
+mis-shaped key is one readable error naming the file.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..errors import CheckpointError
+from .hub import WeightSet, choose_weights, resolve_component_dir
+
+log = logging.getLogger(__name__)
+
+DIFFUSERS_VERSION = "0.42.1"  # written into saved configs; the format is the one diffusers 0.42 reads
+
+
+def read_json(path: Path, what: str = "config") -> dict[str, Any]:
+    """Parse a JSON config file, with an error that names the file and says what was wrong."""
+    if not path.is_file():
+        raise CheckpointError(f"missing {what} file {path}")
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise CheckpointError(f"{path} is not valid JSON ({e}); expected a diffusers {what} file") from None
+    if not isinstance(data, dict):
+        raise CheckpointError(f"{path} holds a JSON {type(data).__name__}, expected an object ({what})")
+    return data
+
+
+def _read_safetensors(path: Path) -> dict[str, torch.Tensor]:
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    try:
+        return load_file(str(path), device="cpu")
+    except (SafetensorError, OSError, RuntimeError) as e:
+        raise CheckpointError(
+            f"{path} is not a readable safetensors file (truncated or corrupt?): {e}"
+        ) from None
+
+
+def _read_bin(path: Path) -> dict[str, torch.Tensor]:
+    # weights_only: a .bin is a pickle, and only plain tensors are accepted from it (no code execution)
+    try:
+        sd = torch.load(str(path), map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise CheckpointError(
+            f"{path} could not be read as PyTorch weights (corrupt, or holds objects other than tensors, "
+            f"which kandi refuses to unpickle): {type(e).__name__}: {e}"
+        ) from None
+    if not isinstance(sd, dict):
+        raise CheckpointError(f"{path} holds a {type(sd).__name__}, expected a state dict of tensors")
+    return sd
+
+
+def read_weights(folder: Path, ws: WeightSet) -> dict[str, torch.Tensor]:
+    """All tensors of one weight set (single file or shards listed by its index)."""
+    files = list(ws.files)
+    if ws.index:
+        index = read_json(folder / ws.index, "weights index")
+        wmap = index.get("weight_map")
+        if not isinstance(wmap, dict):
+            raise CheckpointError(f"{folder / ws.index} has no weight_map; expected a sharded-weights index")
+        files = sorted(set(wmap.values()))
+        missing = [f for f in files if not (folder / f).is_file()]
+        if missing:
+            raise CheckpointError(f"{folder} is missing shard(s) {missing} listed in {ws.index}")
+    reader = _read_safetensors if ws.ext == ".safetensors" else _read_bin
+    sd: dict[str, torch.Tensor] = {}
+    for f in files:
+        sd.update(reader(folder / f))
+    return sd
+
+
+def _check_keys(model: torch.nn.Module, sd: dict[str, torch.Tensor], source: str, config_path: Path) -> None:
+    expected = {k: v.shape for k, v in model.state_dict().items()}
+    missing = sorted(set(expected) - set(sd))
+    unexpected = sorted(set(sd) - set(expected))
+    wrong = [(k, tuple(sd[k].shape), tuple(s)) for k, s in expected.items() if k in sd and sd[k].shape != s]
+    if wrong:
+        k, got, want = wrong[0]
+        raise CheckpointError(
+            f"weights in {source} do not fit the config in {config_path}: {len(wrong)} tensor(s) have other "
+            f"shapes, e.g. {k} is {list(got)} but the config builds {list(want)}"
+        )
+    if missing or unexpected:
+        parts = []
+        if missing:
+            parts.append(f"{len(missing)} missing (e.g. {', '.join(missing[:3])})")
+        if unexpected:
+            parts.append(f"{len(unexpected)} unexpected (e.g. {', '.join(unexpected[:3])})")
+        raise CheckpointError(
+            f"weights in {source} do not match the model described by {config_path}: " + "; ".join(parts)
+        )
+
+
+def load_model_from_dir(
+    cls: Any, folder: Path, *, torch_dtype: torch.dtype | None = None, variant: str | None = None
+) -> Any:
+    """Build `cls` from `folder/config.json` on the meta device and assign the folder's weights."""
+    config_path = folder / "config.json"
+    raw = read_json(config_path)
+    name = raw.get("_class_name")
+    if name and name != cls.diffusers_name:
+        raise CheckpointError(f"{config_path} describes a {name}, not a {cls.diffusers_name}")
+    try:
+        cfg = cls.config_class.from_diffusers(raw)
+    except ValueError as e:
+        raise CheckpointError(f"{config_path}: {e}") from None
+    names = [p.name for p in folder.iterdir()]
+    ws = choose_weights(names, variant)
+    if ws is None:
+        raise CheckpointError(
+            f"no weights in {folder}: expected diffusion_pytorch_model.safetensors (or .bin, a sharded index, or a "
+            f"variant such as diffusion_pytorch_model.fp16.safetensors)"
+        )
+    if variant and ws.variant != variant:
+        log.info("%s has no %s weights; loading %s", folder, variant, ws.files[0])
+    sd = cls.convert_state_dict(read_weights(folder, ws))
+    with torch.device("meta"):
+        model = cls(cfg)
+    source = str(folder / (ws.index or ws.files[0]))
+    _check_keys(model, sd, source, config_path)
+    dtype = torch_dtype or torch.float32
+    sd = {k: v.to(dtype) if v.is_floating_point() else v for k, v in sd.items()}
+    model.load_state_dict(sd, strict=True, assign=True)
+    _materialize_buffers(model)
+    return model.eval()
+
+
+def _materialize_buffers(model: torch.nn.Module) -> None:
+    """Non-persistent buffers are not in checkpoints: models rebuild them after a meta-device load."""
+    if any(b.is_meta for b in model.buffers()):
+        init = getattr(model, "init_buffers", None)
+        if init is None:
+            bad = [n for n, b in model.named_buffers() if b.is_meta]
+            raise CheckpointError(f"{type(model).__name__} has buffers {bad} not filled by its checkpoint")
+        init(torch.device("cpu"))
+
+
+def load_model(
+    cls: Any,
+    name_or_path: str | os.PathLike,
+    subfolder: str | None = None,
+    *,
+    torch_dtype: torch.dtype | None = None,
+    variant: str | None = None,
+    revision: str | None = None,
+    cache_dir: str | os.PathLike | None = None,
+    local_files_only: bool | None = None,
+    token: str | bool | None = None,
+    **unused: Any,
+) -> Any:
+    """`Model.from_pretrained`: a diffusers-layout model folder, or a hub id plus `subfolder`."""
+    folder = resolve_component_dir(
+        name_or_path,
+        subfolder,
+        revision=revision,
+        cache_dir=cache_dir,
+        local_files_only=local_files_only,
+        token=token,
+        variant=variant,
+    )
+    return load_model_from_dir(cls, folder, torch_dtype=torch_dtype, variant=variant)
+
+
+def _atomic_write(path: Path, write) -> None:
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def save_model(
+    model: Any,
+    save_directory: str | os.PathLike,
+    *,
+    safe_serialization: bool = True,
+    variant: str | None = None,
+) -> None:
+    """Write `config.json` and the weights so that kandi and diffusers both load the folder."""
+    out = Path(save_directory)
+    out.mkdir(parents=True, exist_ok=True)
+    cfg = {
+        **model.config.to_diffusers(),
+        "_class_name": model.diffusers_name,
+        "_diffusers_version": DIFFUSERS_VERSION,
+    }
+    _atomic_write(
+        out / "config.json", lambda p: p.write_text(json.dumps(cfg, indent=2, sort_keys=True) + "\n")
+    )
+    # safetensors wants contiguous CPU tensors (kandi models share no storage between parameters)
+    sd = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
+    suffix = f".{variant}" if variant else ""
+    if safe_serialization:
+        from safetensors.torch import save_file
+
+        name = f"diffusion_pytorch_model{suffix}.safetensors"
+        _atomic_write(out / name, lambda p: save_file(sd, str(p), metadata={"format": "pt"}))
+    else:
+        name = f"diffusion_pytorch_model{suffix}.bin"
+        _atomic_write(out / name, lambda p: torch.save(sd, str(p)))

@@ -1,0 +1,147 @@
+"""Pieces shared by the kandi model files: timestep embeddings, attention, the model base class."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import fields
+from typing import Any, ClassVar
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+def timestep_embedding(
+    t: torch.Tensor, dim: int, flip_sin_to_cos: bool = True, shift: float = 0.0
+) -> torch.Tensor:
+    """Sinusoidal timestep features (Ho et al. 2020, from the Transformer positional encoding).
+
+    Computed in fp32 whatever the model dtype: the caller casts, so fp16 models see the same frequencies.
+    """
+    half = dim // 2
+    freqs = torch.exp(
+        -math.log(10000.0) * torch.arange(half, dtype=torch.float32, device=t.device) / (half - shift)
+    )
+    args = t[:, None].float() * freqs[None, :]
+    emb = torch.cat([torch.sin(args), torch.cos(args)], dim=-1)
+    if flip_sin_to_cos:
+        emb = torch.cat([emb[:, half:], emb[:, :half]], dim=-1)
+    if dim % 2:
+        emb = F.pad(emb, (0, 1))
+    return emb
+
+
+class TimestepEmbedding(nn.Module):
+    """Two-layer MLP over timestep features (`linear_1`, SiLU, `linear_2`)."""
+
+    def __init__(self, in_dim: int, dim: int, out_dim: int | None = None):
+        super().__init__()
+        self.linear_1 = nn.Linear(in_dim, dim)
+        self.linear_2 = nn.Linear(dim, out_dim or dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.linear_2(F.silu(self.linear_1(x)))
+
+
+def split_heads(x: torch.Tensor, heads: int) -> torch.Tensor:
+    # (B, L, H*D) -> (B, H, L, D)
+    b, n, _ = x.shape
+    return x.view(b, n, heads, -1).transpose(1, 2)
+
+
+def merge_heads(x: torch.Tensor) -> torch.Tensor:
+    # (B, H, L, D) -> (B, L, H*D)
+    b, h, n, d = x.shape
+    return x.transpose(1, 2).reshape(b, n, h * d)
+
+
+def attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    mask: torch.Tensor | None = None,
+    slice_size: int | None = None,
+) -> torch.Tensor:
+    """Scaled dot-product attention over (B, H, L, D) tensors.
+
+    `slice_size` runs the batch*heads axis in chunks of that many, which bounds the peak memory of the
+    attention matrix when SDPA falls back to the math kernel (the `enable_attention_slicing` option).
+    """
+    if slice_size is None:
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+    b, h, n, d = q.shape
+    qf, kf, vf = (t.reshape(b * h, t.shape[2], t.shape[3]) for t in (q, k, v))
+    mf = None if mask is None else mask.expand(b, h, n, k.shape[2]).reshape(b * h, n, k.shape[2])
+    out = torch.empty(b * h, n, v.shape[3], dtype=q.dtype, device=q.device)
+    for i in range(0, b * h, slice_size):
+        s = slice(i, i + slice_size)
+        m = None if mf is None else mf[s]
+        out[s] = F.scaled_dot_product_attention(qf[s], kf[s], vf[s], attn_mask=m)
+    return out.view(b, h, n, v.shape[3])
+
+
+class KandiModel(nn.Module):
+    """Base of every kandi network: a diffusers-style `config`, dtype/device and pretrained I/O.
+
+    Subclasses set `config_class` (a dataclass with `from_diffusers(dict)` / `to_diffusers()`) and
+    `diffusers_name`, the `_class_name` their `config.json` carries.
+    """
+
+    config_class: ClassVar[Any]
+    diffusers_name: ClassVar[str]
+
+    config: Any
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.parameters()).dtype
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.parameters()).device
+
+    @classmethod
+    def from_config(cls, config: Any) -> KandiModel:
+        """Build a randomly initialised model from a diffusers config dict or our config dataclass."""
+        if not isinstance(config, cls.config_class):
+            config = cls.config_class.from_diffusers(dict(config))
+        return cls(config)
+
+    @classmethod
+    def convert_state_dict(cls, sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Rename the keys of older checkpoints to ours; identity unless a model needs renames."""
+        return sd
+
+    def set_attention_slice(self, slice_size: int | None) -> None:
+        """Run every attention of this model in chunks of `slice_size` batch*heads (None: all at once)."""
+        for m in self.modules():
+            if hasattr(m, "slice_size"):
+                m.slice_size = slice_size
+
+    @classmethod
+    def from_pretrained(cls, name_or_path: str, subfolder: str | None = None, **kwargs: Any) -> KandiModel:
+        """Load from a diffusers-layout folder or hub id (see `kandi.loading.load_model`)."""
+        from ..loading.checkpoints import load_model  # lazy: loading imports models
+
+        return load_model(cls, name_or_path, subfolder=subfolder, **kwargs)
+
+    def save_pretrained(
+        self, save_directory: str, safe_serialization: bool = True, variant: str | None = None
+    ) -> None:
+        """Write `config.json` and weights in diffusers layout, loadable by kandi and diffusers."""
+        from ..loading.checkpoints import save_model
+
+        save_model(self, save_directory, safe_serialization=safe_serialization, variant=variant)
+
+
+class ModelOutput:
+    """Base of the output dataclasses: a field is read by name, key or position (`out.sample`,
+    `out["sample"]`, `out[0]`), the three ways diffusers' `BaseOutput` is read by callers."""
+
+    def __getitem__(self, key: int | str) -> Any:
+        names = [f.name for f in fields(self)]  # type: ignore[arg-type]  # subclasses are dataclasses
+        if isinstance(key, str):
+            if key not in names:
+                raise KeyError(key)
+            return getattr(self, key)
+        return getattr(self, names[key])
