@@ -1,1 +1,52 @@
-"""kandi"""
+"""kandi: a fast, self-contained engine for the Kandinsky image models with diffusers' API.
+
+Names are imported lazily, so `import kandi` (and `kandi --help`) stays fast.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+__version__ = "0.1.0"
+
+_EXPORTS = {
+    # diffusers-compatible pipelines
+    "DiffusionPipeline": "kandi.compat.base",
+    "KandinskyV22PriorPipeline": "kandi.compat.kandinsky22",
+    "KandinskyV22Pipeline": "kandi.compat.kandinsky22",
+    "KandinskyV22CombinedPipeline": "kandi.compat.kandinsky22",
+    "AutoPipelineForText2Image": "kandi.compat.auto",
+    "AutoPipelineForImage2Image": "kandi.compat.auto",
+    "AutoPipelineForInpainting": "kandi.compat.auto",
+    "ImagePipelineOutput": "kandi.compat.outputs",
+    "KandinskyPriorPipelineOutput": "kandi.compat.outputs",
+    # schedulers
+    "DDPMScheduler": "kandi.schedulers",
+    "DDIMScheduler": "kandi.schedulers",
+    "UnCLIPScheduler": "kandi.schedulers",
+    # models, also under diffusers' names
+    "UNet2": "kandi.models.unet2",
+    "MoVQ": "kandi.models.movq",
+    "Prior": "kandi.models.prior",
+    # helpers
+    "load_image": "kandi.utils",
+    "make_image_grid": "kandi.utils",
+}
+_ALIASES = {"UNet2DConditionModel": "UNet2", "VQModel": "MoVQ", "PriorTransformer": "Prior"}
+
+__all__ = sorted([*_EXPORTS, *_ALIASES])
+
+
+def __getattr__(name: str) -> Any:
+    target = _ALIASES.get(name, name)
+    module = _EXPORTS.get(target)
+    if module is None:
+        raise AttributeError(f"module 'kandi' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), target)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return __all__

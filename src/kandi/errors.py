@@ -13,3 +13,19 @@ class CheckpointError(KandiError, ValueError):
 
 class ModelNotFoundError(KandiError, OSError):
     """A model id or path that cannot be found locally, in the cache, or on the Hub."""
+
+
+class KandiWarning(UserWarning):
+    """Something the user asked for was adapted (e.g. offload on a machine without an accelerator)."""
+
+
+_warned: set[str] = set()
+
+
+def warn_once(message: str) -> None:
+    """Warn the first time `message` comes up in this process."""
+    if message not in _warned:
+        _warned.add(message)
+        import warnings
+
+        warnings.warn(message, KandiWarning, stacklevel=3)

@@ -277,7 +277,8 @@ class AddedKVAttention(nn.Module):
 
     def forward(self, x: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
         b, c, hgt, wid = x.shape
-        h = self.group_norm(x).view(b, c, hgt * wid).transpose(1, 2)  # (B, C, H, W) -> (B, HW, C)
+        # norm over the (B, C, HW) view, whatever x's memory layout (the layout picks the kernel, hence the bits)
+        h = self.group_norm(x.view(b, c, hgt * wid)).transpose(1, 2)  # (B, C, H, W) -> (B, HW, C)
         q = split_heads(self.to_q(h), self.heads)
         k = split_heads(self.add_k_proj(context), self.heads)
         v = split_heads(self.add_v_proj(context), self.heads)
@@ -286,7 +287,9 @@ class AddedKVAttention(nn.Module):
             k = torch.cat([k, split_heads(self.to_k(h), self.heads)], dim=2)
             v = torch.cat([v, split_heads(self.to_v(h), self.heads)], dim=2)
         out = self.to_out[0](merge_heads(attention(q, k, v, slice_size=self.slice_size)))
-        return x + out.transpose(1, 2).reshape(b, c, hgt, wid)  # (B, HW, C) -> (B, C, H, W)
+        # (B, HW, C) -> (B, C, H, W) as a channels-last view; adding x second keeps that memory layout, so
+        # the following convolutions choose the same kernels (and give the same bits) as diffusers
+        return out.transpose(1, 2).reshape(b, c, hgt, wid) + x
 
 
 class DownBlock(nn.Module):

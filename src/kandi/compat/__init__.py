@@ -1,0 +1,1 @@
+"""diffusers-compatible pipeline classes (thin layers over kandi.pipelines)."""

@@ -1,0 +1,82 @@
+"""AutoPipelineForText2Image / Image2Image / Inpainting: pick the task's pipeline for a checkpoint.
+
+As diffusers: the class named in model_index.json identifies the model family, and the task picks the
+family's pipeline (for 2.x the combined prior + decoder one, which loads the prior the model card names).
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from ..errors import CheckpointError
+from ..loading.hub import resolve_repo_dir
+from ..loading.pipeline import read_model_index
+from .base import DiffusionPipeline
+from .loader import pipeline_class
+
+# family -> pipeline class name per task (None: the family has no pipeline for that task)
+FAMILIES: dict[str, dict[str, str | None]] = {
+    "kandinsky22": {
+        "text2image": "KandinskyV22CombinedPipeline",
+        "image2image": None,
+        "inpainting": None,
+    },
+}
+# every class name that identifies a family (decoder and combined pipelines)
+MEMBERS: dict[str, str] = {
+    "KandinskyV22Pipeline": "kandinsky22",
+    "KandinskyV22CombinedPipeline": "kandinsky22",
+}
+
+
+def family_of(class_name: str) -> str:
+    family = MEMBERS.get(class_name)
+    if family is None:
+        raise ValueError(
+            f"AutoPipeline can't find a pipeline linked to {class_name}: kandi's AutoPipelines load Kandinsky "
+            f"decoder checkpoints ({', '.join(sorted(MEMBERS))}); load priors with their own pipeline class"
+        )
+    return family
+
+
+def task_class(family: str, task: str) -> type:
+    name = FAMILIES[family].get(task)
+    if name is None:
+        raise ValueError(f"the {family} models have no {task} pipeline in kandi yet")
+    return pipeline_class(name)
+
+
+class _AutoPipeline:
+    _task: str = ""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        raise OSError(f"{type(self).__name__} is built with from_pretrained(...) or from_pipe(...)")
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_or_path: str | os.PathLike, **kwargs: Any) -> DiffusionPipeline:
+        hub = {k: kwargs[k] for k in ("revision", "cache_dir", "local_files_only", "token") if k in kwargs}
+        root = resolve_repo_dir(pretrained_model_or_path, variant=kwargs.get("variant"), **hub)
+        try:
+            index = read_model_index(root)
+        except CheckpointError as e:
+            raise CheckpointError(f"{pretrained_model_or_path} is not a pipeline folder: {e}") from None
+        target = task_class(family_of(index["_class_name"]), cls._task)
+        return target.from_pretrained(pretrained_model_or_path, **kwargs)
+
+    @classmethod
+    def from_pipe(cls, pipeline: DiffusionPipeline, **kwargs: Any) -> DiffusionPipeline:
+        target = task_class(family_of(type(pipeline).__name__), cls._task)
+        return target.from_pipe(pipeline, **kwargs)
+
+
+class AutoPipelineForText2Image(_AutoPipeline):
+    _task = "text2image"
+
+
+class AutoPipelineForImage2Image(_AutoPipeline):
+    _task = "image2image"
+
+
+class AutoPipelineForInpainting(_AutoPipeline):
+    _task = "inpainting"

@@ -1,0 +1,135 @@
+"""Load the components of a diffusers-layout pipeline folder (model_index.json + one folder each)."""
+
+from __future__ import annotations
+
+import logging
+import re
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..errors import CheckpointError
+from .checkpoints import load_model_from_dir, read_json
+
+log = logging.getLogger(__name__)
+
+# transformers classes a model_index.json may name. An allowlist: model_index.json is data, and it must
+# not be able to make kandi instantiate arbitrary classes.
+_TRANSFORMERS_OK = re.compile(r"^(CLIP|XLMRoberta|T5|MT5)[A-Za-z]*$")
+
+
+def kandi_class(name: str) -> Any | None:
+    """kandi's class for a diffusers class name found in model_index.json, or None."""
+    from .. import schedulers
+    from ..models.movq import MoVQ
+    from ..models.prior import Prior
+    from ..models.unet2 import UNet2
+
+    table = {
+        "UNet2DConditionModel": UNet2,
+        "VQModel": MoVQ,
+        "PriorTransformer": Prior,
+        "DDPMScheduler": schedulers.DDPMScheduler,
+        "DDIMScheduler": schedulers.DDIMScheduler,
+        "UnCLIPScheduler": schedulers.UnCLIPScheduler,
+    }
+    return table.get(name)
+
+
+def read_model_index(root: Path) -> dict[str, Any]:
+    index = read_json(root / "model_index.json", "model_index")
+    if not isinstance(index.get("_class_name"), str):
+        raise CheckpointError(f"{root / 'model_index.json'} has no _class_name naming the pipeline")
+    return index
+
+
+def _transformers_kwargs(
+    torch_dtype: torch.dtype | None, variant: str | None, folder: Path
+) -> dict[str, Any]:
+    import transformers
+
+    major, minor = (int(x) for x in transformers.__version__.split(".")[:2])
+    key = "dtype" if (major, minor) >= (4, 56) else "torch_dtype"
+    kw: dict[str, Any] = {key: torch_dtype or torch.float32}
+    if variant and any(f".{variant}." in p.name for p in folder.iterdir()):
+        kw["variant"] = variant
+    return kw
+
+
+def load_component(
+    root: Path,
+    name: str,
+    library: str,
+    class_name: str,
+    *,
+    torch_dtype: torch.dtype | None,
+    variant: str | None,
+) -> Any:
+    """One component: a kandi model or scheduler, or an allowlisted transformers model/tokenizer/processor."""
+    folder = root / name
+    if not folder.is_dir():
+        raise CheckpointError(
+            f"{root} has no {name!r} folder, which its model_index.json lists ({class_name})"
+        )
+    cls = kandi_class(class_name)
+    if cls is not None:
+        if hasattr(cls, "diffusers_name"):
+            return load_model_from_dir(cls, folder, torch_dtype=torch_dtype, variant=variant)
+        return cls.from_pretrained(folder)
+    if library == "transformers" and _TRANSFORMERS_OK.match(class_name):
+        return _load_transformers(folder, class_name, torch_dtype, variant)
+    raise CheckpointError(
+        f"component {name!r} of {root} is a {library}.{class_name}, which kandi does not support "
+        "(kandi runs the Kandinsky UNet, MoVQ, prior, DDPM/DDIM/UnCLIP schedulers and CLIP/XLM-R/T5 encoders)"
+    )
+
+
+def _load_transformers(
+    folder: Path, class_name: str, torch_dtype: torch.dtype | None, variant: str | None
+) -> Any:
+    import transformers
+
+    cls = getattr(transformers, class_name, None)
+    if cls is None:
+        raise CheckpointError(f"{folder}: transformers has no class {class_name}")
+    is_model = issubclass(cls, transformers.PreTrainedModel)
+    kw = _transformers_kwargs(torch_dtype, variant, folder) if is_model else {}
+    try:
+        obj = cls.from_pretrained(str(folder), **kw)
+    except Exception as e:
+        raise CheckpointError(f"could not load {class_name} from {folder}: {type(e).__name__}: {e}") from None
+    return obj.eval() if is_model else obj
+
+
+def load_components(
+    root: Path,
+    index: dict[str, Any],
+    names: list[str],
+    passed: dict[str, Any],
+    *,
+    torch_dtype: torch.dtype | None,
+    variant: str | None,
+) -> dict[str, Any]:
+    """Components `names` of the pipeline folder `root`; objects in `passed` are used instead of loading."""
+    out: dict[str, Any] = {}
+    for name in names:
+        if name in passed:
+            out[name] = passed[name]
+            continue
+        spec = index.get(name)
+        if spec is None:
+            raise CheckpointError(
+                f"{root / 'model_index.json'} does not list the component {name!r} this pipeline needs"
+            )
+        if not (isinstance(spec, list | tuple) and len(spec) == 2):
+            raise CheckpointError(
+                f"{root / 'model_index.json'}: entry {name!r} should be [library, class], got {spec!r}"
+            )
+        library, class_name = spec
+        out[name] = (
+            None
+            if class_name is None
+            else load_component(root, name, library, class_name, torch_dtype=torch_dtype, variant=variant)
+        )
+    return out

@@ -1,0 +1,52 @@
+"""Noise schedulers: pure step functions over precomputed tables, plus thin diffusers-shaped classes.
+
+The classes take the same arguments and configs as diffusers' DDPMScheduler, DDIMScheduler and
+UnCLIPScheduler (0.42.1) and draw noise in the same order, so a seed reproduces a diffusers trajectory.
+"""
+
+from .base import FrozenConfig, SchedulerOutput
+from .common import X0Rule, add_noise, clip_x0, dynamic_threshold, predict_eps, predict_x0
+from .ddim import DDIMScheduler, ddim_step
+from .ddpm import DDPMScheduler, ddpm_noise_scale, ddpm_step
+from .noise import randn
+from .schedules import (
+    alphas_cumprod,
+    cosine_betas,
+    laplace_betas,
+    linear_betas,
+    make_betas,
+    rescale_zero_terminal_snr,
+    scaled_linear_betas,
+    sigmoid_betas,
+    timesteps,
+)
+from .unclip import UnCLIPScheduler, unclip_noise_scale, unclip_step
+
+__all__ = [
+    "DDIMScheduler",
+    "DDPMScheduler",
+    "FrozenConfig",
+    "SchedulerOutput",
+    "UnCLIPScheduler",
+    "X0Rule",
+    "add_noise",
+    "alphas_cumprod",
+    "clip_x0",
+    "cosine_betas",
+    "ddim_step",
+    "ddpm_noise_scale",
+    "ddpm_step",
+    "dynamic_threshold",
+    "laplace_betas",
+    "linear_betas",
+    "make_betas",
+    "predict_eps",
+    "predict_x0",
+    "randn",
+    "rescale_zero_terminal_snr",
+    "scaled_linear_betas",
+    "sigmoid_betas",
+    "timesteps",
+    "unclip_noise_scale",
+    "unclip_step",
+]
