@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 
-from .common import Placement, guide, randn
+from .common import Placement, downscale_hw, guide, randn
 
 log = logging.getLogger(__name__)
 
@@ -221,3 +221,143 @@ def decode(movq: Any, latents: torch.Tensor, placement: Placement | None = None)
     if placement:
         placement.use(movq)
     return movq.decode(latents.to(movq.dtype), force_not_quantize=True).sample
+
+
+# ------------------------------------------------------------------------------------ whole requests
+
+
+PRIOR_PARTS = ("prior", "image_encoder", "text_encoder", "tokenizer", "scheduler", "image_processor")
+DECODER_PARTS = ("unet", "scheduler", "movq")
+
+
+@dataclass
+class K22Models:
+    """Everything a Kandinsky 2.2 text-to-image request needs, loaded once."""
+
+    prior: Any
+    image_encoder: Any
+    text_encoder: Any
+    tokenizer: Any
+    prior_scheduler: Any
+    image_processor: Any
+    unet: Any
+    scheduler: Any
+    movq: Any
+    placement: Placement
+
+    @classmethod
+    def load(cls, decoder: str, prior: str, torch_dtype: torch.dtype | None = None, variant: str | None = None,
+             **hub: Any) -> K22Models:  # fmt: skip
+        """Load the decoder and prior repos (folders or hub ids) named by a `ModelSpec` or the user."""
+        from ..loading.hub import resolve_repo_dir
+        from ..loading.pipeline import load_components, read_model_index
+
+        parts = {}
+        for repo, names in ((prior, PRIOR_PARTS), (decoder, DECODER_PARTS)):
+            root = resolve_repo_dir(repo, variant=variant, **hub)
+            loaded = load_components(root, read_model_index(root), list(names), {}, torch_dtype=torch_dtype,
+                                     variant=variant)  # fmt: skip
+            if repo == prior:
+                loaded["prior_scheduler"] = loaded.pop("scheduler")
+            parts.update(loaded)
+        return cls(**parts, placement=Placement())
+
+    def modules(self) -> list[torch.nn.Module]:
+        names = ("text_encoder", "image_encoder", "prior", "unet", "movq")
+        return [getattr(self, n) for n in names]
+
+    def to(self, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> K22Models:
+        for m in self.modules():
+            m.to(device=device, dtype=dtype)
+        return self
+
+    @property
+    def device(self) -> torch.device:
+        return self.placement.execution_device(self.modules())
+
+
+@dataclass
+class Progress:
+    stage: str  # "prior" or "decoder"
+    step: int  # 1-based
+    total: int
+    image: int  # index of the image being made
+    num_images: int
+
+
+@dataclass
+class Result:
+    images: list  # PIL images
+    seeds: list[int]
+
+
+def _seeds(seed: int | None, n: int) -> list[int]:
+    if seed is None:
+        seed = int(torch.randint(0, 2**31 - 1, (1,)).item())
+    return [seed + i for i in range(n)]
+
+
+@torch.no_grad()
+def text_to_image(m: K22Models, opts: Any) -> Iterator[Progress | Result]:
+    """Images for `opts` (a GenerationOptions), one at a time with seed, seed+1, ... each.
+
+    Each image is exactly what `KandinskyV22CombinedPipeline` makes with
+    `generator=torch.Generator().manual_seed(seed_i)`, so any one can be regenerated alone.
+    """
+    from .common import to_output
+
+    device = m.device
+    seeds = _seeds(opts.seed, opts.num_images)
+    scheduler = _decoder_scheduler(m.scheduler, opts.scheduler)
+    images = []
+    for k, seed in enumerate(seeds):
+        g = torch.Generator().manual_seed(seed)
+        emb, neg = None, None
+        for s in _prior(m, opts, g, device):
+            if isinstance(s, PriorState):
+                yield Progress("prior", s.i + 1, s.num_steps, k, len(seeds))
+            else:
+                emb, neg = s
+        sf = 2 ** (len(m.movq.config.block_out_channels) - 1)
+        lh, lw = downscale_hw(opts.height, opts.width, sf)
+        x = initial_latents((1, m.unet.config.in_channels, lh, lw), g, device, m.unet.dtype, None,
+                            scheduler.init_noise_sigma)  # fmt: skip
+        loop = decoder_loop(
+            m.unet, scheduler, emb, neg, x, opts.guidance_scale, opts.steps, g, device, m.placement
+        )
+        for s in loop:
+            yield Progress("decoder", s.i + 1, s.num_steps, k, len(seeds))
+        images += to_output(decode(m.movq, s.latents, m.placement), "pil")
+        m.placement.release()
+    yield Result(images, seeds)
+
+
+def _prior(m: K22Models, opts: Any, g: torch.Generator, device: torch.device) -> Iterator[Any]:
+    """The prior of one image: yields its states, then (image_embeds, negative_image_embeds)."""
+    texts = [opts.prompt] + ([opts.negative_prompt] if opts.negative_prompt is not None else [])
+    uncond = [opts.negative_prompt] * 2 if opts.negative_prompt is not None else None
+    guided = opts.prior_guidance_scale > 1
+    m.placement.use(m.text_encoder)
+    cond = encode_prior_text(m.tokenizer, m.text_encoder, texts, uncond, 1, guided, device)
+    x = initial_latents((len(texts), m.prior.config.embedding_dim), g, device, cond.prompt_embeds.dtype, None,
+                        m.prior_scheduler.init_noise_sigma)  # fmt: skip
+    loop = prior_loop(m.prior, m.prior_scheduler, cond, x, opts.prior_guidance_scale, opts.prior_steps, g, device,
+                      m.placement)  # fmt: skip
+    for s in loop:
+        yield s
+    if opts.negative_prompt is None:
+        m.placement.use(m.image_encoder)
+        yield s.latents, zero_image_embed(m.image_encoder, device).to(s.latents.dtype)
+    else:
+        yield s.latents.chunk(2)
+
+
+def _decoder_scheduler(default: Any, name: str | None) -> Any:
+    if name is None:
+        return default
+    from .. import schedulers
+
+    classes = {"ddpm": schedulers.DDPMScheduler, "ddim": schedulers.DDIMScheduler}
+    if name.lower() not in classes:
+        raise ValueError(f"unknown scheduler {name!r}; choose one of {sorted(classes)}")
+    return classes[name.lower()].from_config(default.config)

@@ -1,0 +1,78 @@
+"""Named models (short name -> official repos and defaults) and the options of one generation request.
+
+The CLI, the server, the web UI and the batch runner all speak `GenerationOptions`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    name: str
+    family: str  # "k21", "k22", "k3"
+    decoder_repo: str
+    prior_repo: str | None
+    inpaint_repo: str | None = None
+    controlnet_repo: str | None = None
+    default_size: int = 512
+    default_steps: int = 50
+    default_guidance: float = 4.0
+    default_prior_steps: int = 25
+    default_prior_guidance: float = 4.0
+    aliases: tuple[str, ...] = ()
+
+
+REGISTRY: dict[str, ModelSpec] = {
+    "kandinsky-2.2": ModelSpec(
+        name="kandinsky-2.2",
+        family="k22",
+        decoder_repo="kandinsky-community/kandinsky-2-2-decoder",
+        prior_repo="kandinsky-community/kandinsky-2-2-prior",
+        inpaint_repo="kandinsky-community/kandinsky-2-2-decoder-inpaint",
+        controlnet_repo="kandinsky-community/kandinsky-2-2-controlnet-depth",
+        aliases=("2.2", "k22", "kandinsky-2-2", "kandinsky22"),
+    ),
+}
+DEFAULT_MODEL = "kandinsky-2.2"
+
+
+def resolve_model(name: str) -> ModelSpec:
+    """A registry entry by short name or alias; a hub id or folder of a known decoder maps to its entry."""
+    key = name.strip().lower()
+    for spec in REGISTRY.values():
+        if key == spec.name or key in spec.aliases or key == spec.decoder_repo.lower():
+            return spec
+    known = ", ".join(sorted(REGISTRY))
+    raise ValueError(
+        f"unknown model {name!r}; known models: {known} (or pass --decoder/--prior repos or folders)"
+    )
+
+
+@dataclass
+class GenerationOptions:
+    """One text-to-image request, as the CLI and server take it."""
+
+    prompt: str
+    negative_prompt: str | None = None
+    model: str = DEFAULT_MODEL
+    width: int = 512
+    height: int = 512
+    steps: int = 50
+    guidance_scale: float = 4.0
+    prior_steps: int = 25
+    prior_guidance_scale: float = 4.0
+    seed: int | None = None
+    num_images: int = 1
+    scheduler: str | None = None  # None: the checkpoint's own; "ddpm" or "ddim"
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> GenerationOptions:
+        known = {f for f in cls.__dataclass_fields__}
+        return cls(**{k: v for k, v in d.items() if k in known})

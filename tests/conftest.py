@@ -1,0 +1,41 @@
+"""Shared fixtures: tiny random Kandinsky repos saved by diffusers, and an offline HF cache holding them."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))
+os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+
+import tiny  # noqa: E402
+
+OFFICIAL = {
+    "prior": "kandinsky-community/kandinsky-2-2-prior",
+    "decoder": "kandinsky-community/kandinsky-2-2-decoder",
+}
+
+
+@pytest.fixture(scope="session")
+def k22_repos(tmp_path_factory) -> dict[str, Path]:
+    """{"prior": folder, "decoder": folder}: tiny 2.2 repos written by diffusers' save_pretrained."""
+    return tiny.save_k22_repos(tmp_path_factory.mktemp("k22"))
+
+
+@pytest.fixture(scope="session")
+def k22_cache(tmp_path_factory, k22_repos) -> Path:
+    """A Hugging Face hub cache holding the tiny repos under the official 2.2 ids."""
+    cache = tmp_path_factory.mktemp("hf") / "hub"
+    for key, repo_id in OFFICIAL.items():
+        tiny.install_in_cache(cache, repo_id, k22_repos[key])
+    return cache
+
+
+@pytest.fixture
+def offline_hub(monkeypatch, k22_cache) -> Path:
+    """Offline mode pointed at `k22_cache` (for this process and for subprocesses via the environment)."""
+    tiny.diffusers_to_kandi_env(monkeypatch, k22_cache)
+    return k22_cache
