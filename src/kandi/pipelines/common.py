@@ -103,9 +103,22 @@ def _stream_layers(root: nn.Module, device: torch.device) -> list[Any]:
             for p in own:
                 p.data = p.data.to(device)
             continue
-        hooks.append(m.register_forward_pre_hook(lambda mod, args: mod.to(device)))
-        hooks.append(m.register_forward_hook(lambda mod, args, out: mod.to("cpu")))
+        hooks.append(m.register_forward_pre_hook(_move_in(device)))
+        hooks.append(m.register_forward_hook(_move_out))
     return hooks
+
+
+def _move_in(device: torch.device) -> Any:
+    def hook(
+        module: nn.Module, args: Any
+    ) -> None:  # returns None: a pre-hook's value would replace the inputs
+        module.to(device)
+
+    return hook
+
+
+def _move_out(module: nn.Module, args: Any, out: Any) -> None:
+    module.to("cpu")
 
 
 def offload_unavailable(what: str) -> None:
