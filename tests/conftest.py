@@ -10,6 +10,8 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+# tests never reach the network: every model comes from a temporary folder or cache built by the tests
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import tiny  # noqa: E402
 
