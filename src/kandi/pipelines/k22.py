@@ -108,6 +108,7 @@ def prior_loop(
         placement.use(prior)
     scheduler.set_timesteps(steps, device=device)
     ts = scheduler.timesteps
+    ts_host = ts.tolist()  # the scheduler indexes its tables with python ints: no device sync per step
     guided = guidance_scale > 1
     s = PriorState(
         -1, ts[0], latents, cond.prompt_embeds, cond.text_encoder_hidden_states, cond.text_mask, len(ts)
@@ -183,6 +184,7 @@ def decoder_loop(
     cond, cond_src = unet.condition(emb, hint=hint), emb
     scheduler.set_timesteps(steps, device=device)
     ts = scheduler.timesteps
+    ts_host = ts.tolist()  # python ints for the scheduler (no sync); the UNet takes the device tensor
     learned = uses_learned_variance(scheduler)
     channels = latents.shape[1]
     s = DecoderState(-1, ts[0], latents, emb, negative_image_embeds, len(ts))
@@ -195,7 +197,7 @@ def decoder_loop(
             pred = guide(pred, guidance_scale, channels, keep_variance=learned)
         elif not learned:
             pred = pred[:, :channels]
-        s.latents = scheduler.step(pred, t, s.latents, generator=generator)[0]
+        s.latents = scheduler.step(pred, ts_host[i], s.latents, generator=generator)[0]
         s.i, s.t = i, t
         yield s
 
