@@ -14,6 +14,11 @@ os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import tiny  # noqa: E402
+import torch  # noqa: E402
+
+# The tiny test models gain nothing from intra-op threads, and on a small shared machine extra threads
+# contend with other processes (a tiny conv goes from ~0.2 ms to ~40 ms under load).
+torch.set_num_threads(1)
 
 OFFICIAL = {
     "prior": "kandinsky-community/kandinsky-2-2-prior",

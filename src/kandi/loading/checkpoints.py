@@ -10,13 +10,14 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from ..errors import CheckpointError
-from .hub import WeightSet, choose_weights, resolve_component_dir
+from .hub import WeightSet, choose_weights, resolve_component_dir, weight_sets
 
 log = logging.getLogger(__name__)
 
@@ -53,13 +54,25 @@ def _read_bin(path: Path) -> dict[str, torch.Tensor]:
     try:
         sd = torch.load(str(path), map_location="cpu", weights_only=True)
     except Exception as e:
-        raise CheckpointError(
-            f"{path} could not be read as PyTorch weights (corrupt, or holds objects other than tensors, "
-            f"which kandi refuses to unpickle): {type(e).__name__}: {e}"
-        ) from None
+        raise CheckpointError(f"{path} could not be read as PyTorch weights: {_bin_reason(e)}") from None
     if not isinstance(sd, dict):
         raise CheckpointError(f"{path} holds a {type(sd).__name__}, expected a state dict of tensors")
     return sd
+
+
+def _bin_reason(e: Exception) -> str:
+    """One line on why torch.load failed; torch's own multi-line text suggests weights_only=False."""
+    text = str(e)
+    m = re.search(r"Unsupported global: GLOBAL (\S+)", text)
+    if m:
+        return (
+            f"it holds a pickled {m[1]}, and kandi refuses to unpickle anything but tensors "
+            "(a pickle can run code)"
+        )
+    text = text.split("WeightsUnpickler error:", 1)[-1]
+    line = next((ln.strip() for ln in text.splitlines() if ln.strip()), "")
+    line = re.sub(r"\x1b\[[0-9;]*m", "", line)
+    return f"corrupt, or not a plain state dict of tensors ({type(e).__name__}: {line})"
 
 
 def read_weights(folder: Path, ws: WeightSet) -> dict[str, torch.Tensor]:
@@ -114,20 +127,22 @@ def load_model_from_dir(
         raise CheckpointError(f"{config_path} describes a {name}, not a {cls.diffusers_name}")
     try:
         cfg = cls.config_class.from_diffusers(raw)
-    except ValueError as e:
+    except (ValueError, TypeError) as e:  # TypeError: a value of the wrong JSON type the config did not check
         raise CheckpointError(f"{config_path}: {e}") from None
     names = [p.name for p in folder.iterdir()]
     ws = choose_weights(names, variant)
     if ws is None:
-        raise CheckpointError(
-            f"no weights in {folder}: expected diffusion_pytorch_model.safetensors (or .bin, a sharded index, or a "
-            f"variant such as diffusion_pytorch_model.fp16.safetensors)"
-        )
+        raise CheckpointError(_no_weights_message(folder, names, variant))
     if variant and ws.variant != variant:
         log.info("%s has no %s weights; loading %s", folder, variant, ws.files[0])
     sd = cls.convert_state_dict(read_weights(folder, ws))
-    with torch.device("meta"):
-        model = cls(cfg)
+    try:
+        with torch.device("meta"):
+            model = cls(cfg)
+    except (TypeError, ValueError) as e:  # a value of the wrong type that the config class let through
+        raise CheckpointError(
+            f"{config_path} describes a {cls.diffusers_name} that cannot be built: {e}"
+        ) from None
     source = str(folder / (ws.index or ws.files[0]))
     _check_keys(model, sd, source, config_path)
     dtype = torch_dtype or torch.float32
@@ -135,6 +150,21 @@ def load_model_from_dir(
     model.load_state_dict(sd, strict=True, assign=True)
     _materialize_buffers(model)
     return model.eval()
+
+
+def _no_weights_message(folder: Path, names: list[str], variant: str | None) -> str:
+    # several variants and none asked for (or another asked for): say which exist, not "no weights"
+    variants = sorted({s.variant for s in weight_sets(names) if s.variant})
+    if variants:
+        want = f"{variant} variant" if variant else "plain (non-variant)"
+        return (
+            f"{folder} has no {want} weights, only the variants {', '.join(variants)}: pass "
+            f"variant={variants[0]!r} (or another of them)"
+        )
+    return (
+        f"no weights in {folder}: expected diffusion_pytorch_model.safetensors (or .bin, a sharded index, or a "
+        f"variant such as diffusion_pytorch_model.fp16.safetensors)"
+    )
 
 
 def _materialize_buffers(model: torch.nn.Module) -> None:

@@ -102,6 +102,10 @@ def _load_transformers(
     return obj.eval() if is_model else obj
 
 
+def _is_name(x: Any) -> bool:
+    return x is None or isinstance(x, str)
+
+
 def load_components(
     root: Path,
     index: dict[str, Any],
@@ -122,7 +126,8 @@ def load_components(
             raise CheckpointError(
                 f"{root / 'model_index.json'} does not list the component {name!r} this pipeline needs"
             )
-        if not (isinstance(spec, list | tuple) and len(spec) == 2):
+        # both names must be strings (or null for an absent component): they are looked up, never trusted
+        if not (isinstance(spec, list | tuple) and len(spec) == 2 and all(_is_name(x) for x in spec)):
             raise CheckpointError(
                 f"{root / 'model_index.json'}: entry {name!r} should be [library, class], got {spec!r}"
             )

@@ -111,11 +111,17 @@ class UNet2Config:
                     f"unsupported UNet config {key}={got!r}: kandi implements the Kandinsky 2.x path, "
                     f"which needs {key}={want!r}"
                 )
-        blocks = tuple(int(c) for c in _req(d, "block_out_channels"))
+        raw_blocks = _req(d, "block_out_channels")
+        if not isinstance(raw_blocks, list | tuple) or not raw_blocks:
+            raise ValueError(
+                f"unsupported UNet config block_out_channels={raw_blocks!r}: expected a list of widths"
+            )
+        blocks = tuple(_as_int("block_out_channels", c) for c in raw_blocks)
         n = len(blocks)
+        time_dim = d.get("time_embedding_dim")
         cfg = cls(
-            in_channels=int(_req(d, "in_channels")),
-            out_channels=int(_req(d, "out_channels")),
+            in_channels=_as_int("in_channels", _req(d, "in_channels")),
+            out_channels=_as_int("out_channels", _req(d, "out_channels")),
             block_out_channels=blocks,
             layers_per_block=_int_field(d, "layers_per_block", 2),
             down_block_types=tuple(_req(d, "down_block_types")),
@@ -123,14 +129,14 @@ class UNet2Config:
             mid_block_type=d.get("mid_block_type", MID_TYPE),
             attention_head_dim=_per_block(d.get("attention_head_dim", 8), n, "attention_head_dim"),
             cross_attention_dim=_int_field(d, "cross_attention_dim", 1280),
-            encoder_hid_dim=_req(d, "encoder_hid_dim"),
+            encoder_hid_dim=_as_int("encoder_hid_dim", _req(d, "encoder_hid_dim")),
             encoder_hid_dim_type=_req(d, "encoder_hid_dim_type"),
             addition_embed_type=_req(d, "addition_embed_type"),
-            norm_num_groups=int(d.get("norm_num_groups", 32)),
-            norm_eps=float(d.get("norm_eps", 1e-5)),
+            norm_num_groups=_as_int("norm_num_groups", d.get("norm_num_groups", 32)),
+            norm_eps=_as_float("norm_eps", d.get("norm_eps", 1e-5)),
             flip_sin_to_cos=bool(d.get("flip_sin_to_cos", True)),
-            freq_shift=d.get("freq_shift", 0),
-            time_embedding_dim=d.get("time_embedding_dim"),
+            freq_shift=_as_float("freq_shift", d.get("freq_shift", 0)),
+            time_embedding_dim=None if time_dim is None else _as_int("time_embedding_dim", time_dim),
             mid_block_only_cross_attention=bool(d.get("mid_block_only_cross_attention") or False),
             sample_size=d.get("sample_size"),
             extra={k: d[k] for k in _IGNORED if k in d},
@@ -198,17 +204,32 @@ def _req(d: dict[str, Any], key: str) -> Any:
     return d[key]
 
 
+def _as_int(key: str, v: Any) -> int:
+    # config.json is data: a null, string or list where a number belongs is a config error naming the
+    # field, not a TypeError from deep inside the model constructor
+    whole = (isinstance(v, int) and not isinstance(v, bool)) or (isinstance(v, float) and v.is_integer())
+    if not whole:
+        raise ValueError(f"unsupported UNet config {key}={v!r}: expected a whole number")
+    return int(v)
+
+
+def _as_float(key: str, v: Any) -> float:
+    if isinstance(v, bool) or not isinstance(v, int | float):
+        raise ValueError(f"unsupported UNet config {key}={v!r}: expected a number")
+    return float(v)
+
+
 def _int_field(d: dict[str, Any], key: str, default: int) -> int:
     v = d.get(key, default)
     if isinstance(v, list | tuple):
         if len(set(v)) != 1:
             raise ValueError(f"unsupported UNet config {key}={v!r}: kandi needs one value for every block")
         v = v[0]
-    return int(v)
+    return _as_int(key, v)
 
 
 def _per_block(v: Any, n: int, key: str) -> tuple[int, ...]:
-    vals = tuple(int(x) for x in v) if isinstance(v, list | tuple) else (int(v),) * n
+    vals = tuple(_as_int(key, x) for x in v) if isinstance(v, list | tuple) else (_as_int(key, v),) * n
     if len(vals) != n:
         raise ValueError(f"UNet config {key} has {len(vals)} entries for {n} blocks")
     return vals
