@@ -145,3 +145,21 @@ class ModelOutput:
                 raise KeyError(key)
             return getattr(self, key)
         return getattr(self, names[key])
+
+
+def config_int(model: str, key: str, value: Any, optional: bool = False) -> int | None:
+    """A whole-number config value, or a ValueError naming the field (config.json is data, not code)."""
+    if value is None and optional:
+        return None
+    whole = (isinstance(value, int) and not isinstance(value, bool)) or (
+        isinstance(value, float) and value.is_integer()
+    )
+    if not whole:
+        raise ValueError(f"{model} config {key}={value!r} is not supported: expected a whole number")
+    return int(value)
+
+
+def config_ints(model: str, key: str, value: Any) -> tuple[int, ...]:
+    if not isinstance(value, list | tuple):
+        raise ValueError(f"{model} config {key}={value!r} is not supported: expected a list of whole numbers")
+    return tuple(config_int(model, key, v) for v in value)

@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .layers import KandiModel, ModelOutput, attention, merge_heads, split_heads
+from .layers import KandiModel, ModelOutput, attention, config_int, config_ints, merge_heads, split_heads
 
 # block type -> whether it carries attention (the only difference between the two types of each side)
 ENCODER_BLOCKS = {"DownEncoderBlock2D": False, "AttnDownEncoderBlock2D": True}
@@ -111,22 +111,25 @@ class MoVQConfig:
     def from_diffusers(cls, d: dict[str, Any]) -> MoVQConfig:
         """Read a diffusers `VQModel` config dict; missing keys take diffusers' constructor defaults."""
         d = {k: v for k, v in d.items() if not k.startswith("_")}  # `_class_name`, `_diffusers_version`, ...
-        unknown = sorted(set(d) - set(cls.__dataclass_fields__))
-        if unknown:
-            raise ValueError(f"VQModel config keys {unknown} are not supported by kandi's MoVQ")
+        # Unknown keys (newer diffusers versions) are ignored as diffusers ignores them: an architecture
+        # change shows up as missing or mis-shaped weights at the strict load. These two would not.
+        n = "VQModel"
+        for key in ("use_quant_conv", "use_post_quant_conv"):
+            if d.get(key, True) is not True:
+                raise _refuse(key, d[key], "True (MoVQ always has quant_conv and post_quant_conv)")
         return cls(
-            in_channels=d.get("in_channels", 3),
-            out_channels=d.get("out_channels", 3),
+            in_channels=config_int(n, "in_channels", d.get("in_channels", 3)),
+            out_channels=config_int(n, "out_channels", d.get("out_channels", 3)),
             down_block_types=tuple(d.get("down_block_types", ("DownEncoderBlock2D",))),
             up_block_types=tuple(d.get("up_block_types", ("UpDecoderBlock2D",))),
-            block_out_channels=tuple(d.get("block_out_channels", (64,))),
-            layers_per_block=d.get("layers_per_block", 1),
+            block_out_channels=config_ints(n, "block_out_channels", d.get("block_out_channels", (64,))),
+            layers_per_block=config_int(n, "layers_per_block", d.get("layers_per_block", 1)),
             act_fn=d.get("act_fn", "silu"),
-            latent_channels=d.get("latent_channels", 3),
-            sample_size=d.get("sample_size", 32),
-            num_vq_embeddings=d.get("num_vq_embeddings", 256),
-            norm_num_groups=d.get("norm_num_groups", 32),
-            vq_embed_dim=d.get("vq_embed_dim"),
+            latent_channels=config_int(n, "latent_channels", d.get("latent_channels", 3)),
+            sample_size=config_int(n, "sample_size", d.get("sample_size", 32)),
+            num_vq_embeddings=config_int(n, "num_vq_embeddings", d.get("num_vq_embeddings", 256)),
+            norm_num_groups=config_int(n, "norm_num_groups", d.get("norm_num_groups", 32)),
+            vq_embed_dim=config_int(n, "vq_embed_dim", d.get("vq_embed_dim"), optional=True),
             scaling_factor=d.get("scaling_factor", 0.18215),
             norm_type=d.get("norm_type", "group"),
             mid_block_add_attention=d.get("mid_block_add_attention", True),

@@ -20,6 +20,7 @@ from .layers import (
     ModelOutput,
     TimestepEmbedding,
     attention,
+    config_int,
     merge_heads,
     split_heads,
     timestep_embedding,
@@ -86,25 +87,26 @@ class PriorConfig:
     def from_diffusers(cls, d: dict[str, Any]) -> PriorConfig:
         """Read a diffusers `PriorTransformer` config dict; missing keys take diffusers' constructor defaults."""
         d = {k: v for k, v in d.items() if not k.startswith("_")}  # `_class_name`, `_diffusers_version`, ...
-        unknown = sorted(set(d) - set(cls.__dataclass_fields__))
-        if unknown:
-            raise ValueError(f"PriorTransformer config keys {unknown} are not supported by kandi's prior")
+        # keys of newer diffusers versions that do not change this architecture are ignored, as diffusers does
+        n = "PriorTransformer"
         return cls(
-            num_attention_heads=d.get("num_attention_heads", 32),
-            attention_head_dim=d.get("attention_head_dim", 64),
-            num_layers=d.get("num_layers", 20),
-            embedding_dim=d.get("embedding_dim", 768),
-            num_embeddings=d.get("num_embeddings", 77),
-            additional_embeddings=d.get("additional_embeddings", 4),
+            num_attention_heads=config_int(n, "num_attention_heads", d.get("num_attention_heads", 32)),
+            attention_head_dim=config_int(n, "attention_head_dim", d.get("attention_head_dim", 64)),
+            num_layers=config_int(n, "num_layers", d.get("num_layers", 20)),
+            embedding_dim=config_int(n, "embedding_dim", d.get("embedding_dim", 768)),
+            num_embeddings=config_int(n, "num_embeddings", d.get("num_embeddings", 77)),
+            additional_embeddings=config_int(n, "additional_embeddings", d.get("additional_embeddings", 4)),
             dropout=d.get("dropout", 0.0),
             time_embed_act_fn=d.get("time_embed_act_fn", "silu"),
             norm_in_type=d.get("norm_in_type"),
             embedding_proj_norm_type=d.get("embedding_proj_norm_type"),
             encoder_hid_proj_type=d.get("encoder_hid_proj_type", "linear"),
             added_emb_type=d.get("added_emb_type", "prd"),
-            time_embed_dim=d.get("time_embed_dim"),
-            embedding_proj_dim=d.get("embedding_proj_dim"),
-            clip_embed_dim=d.get("clip_embed_dim"),
+            time_embed_dim=config_int(n, "time_embed_dim", d.get("time_embed_dim"), optional=True),
+            embedding_proj_dim=config_int(
+                n, "embedding_proj_dim", d.get("embedding_proj_dim"), optional=True
+            ),
+            clip_embed_dim=config_int(n, "clip_embed_dim", d.get("clip_embed_dim"), optional=True),
         )
 
     def to_diffusers(self) -> dict[str, Any]:
