@@ -46,9 +46,7 @@ def resolve_model(name: str) -> ModelSpec:
         if key == spec.name or key in spec.aliases or key == spec.decoder_repo.lower():
             return spec
     known = ", ".join(sorted(REGISTRY))
-    raise ValueError(
-        f"unknown model {name!r}; known models: {known} (or pass --decoder/--prior repos or folders)"
-    )
+    raise ValueError(f"unknown model {name!r}; known models: {known}")
 
 
 @dataclass

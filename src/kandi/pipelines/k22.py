@@ -127,9 +127,9 @@ def prior_loop(
             pred = u + guidance_scale * (c - u)
         # -1 after the last step: the UnCLIP step then returns its x0 estimate (diffusers passes None,
         # i.e. t - 1, which is the same for a schedule ending at 0 and wrong for kandi's 1-step schedule)
-        prev = ts[i + 1] if i + 1 < len(ts) else -1
+        prev = ts_host[i + 1] if i + 1 < len(ts_host) else -1
         s.latents = scheduler.step(
-            pred, timestep=t, sample=s.latents, generator=generator, prev_timestep=prev
+            pred, timestep=ts_host[i], sample=s.latents, generator=generator, prev_timestep=prev
         ).prev_sample
         s.i, s.t = i, t
         yield s

@@ -1,0 +1,119 @@
+"""Generation parameters in PNG text chunks: AUTOMATIC1111's `parameters` text and kandi's own JSON.
+
+`parameters` is what A1111, SD.Next, Civitai and PNG-info readers show: the prompt, a `Negative prompt:`
+line when there is one, then one line of `key: value` pairs (A1111 `create_infotext`). The `kandi`
+chunk holds every option as JSON, so `kandi generate --from-png` can rebuild the request exactly.
+PIL is imported inside the functions, so importing this module (the CLI does) stays free.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+from pathlib import Path
+from typing import Any
+
+PARAMETERS_KEY = "parameters"
+KANDI_KEY = "kandi"
+
+
+def quote(value: Any) -> str:
+    """A1111's infotext quoting: JSON-quote a value only if it holds a separator (`,` `:` or newline)."""
+    text = str(value)
+    if "," not in text and ":" not in text and "\n" not in text:
+        return text
+    return json.dumps(text, ensure_ascii=False)
+
+
+def format_parameters(opts: dict[str, Any], *, sampler: str, size: tuple[int, int], version: str) -> str:
+    """The A1111 `parameters` text of one image: `opts` holds its GenerationOptions fields and own seed."""
+    fields = {
+        "Steps": opts["steps"],
+        "Sampler": sampler,
+        "CFG scale": float(opts["guidance_scale"]),
+        "Seed": opts["seed"],
+        "Size": f"{size[0]}x{size[1]}",
+        "Model": opts["model"],
+        "Prior steps": opts["prior_steps"],
+        "Prior CFG scale": float(opts["prior_guidance_scale"]),
+        "Version": f"kandi {version}",
+    }
+    line = ", ".join(f"{k}: {quote(v)}" for k, v in fields.items())
+    # A1111 writes the negative line only for a non-empty negative prompt
+    negative = f"\nNegative prompt: {opts['negative_prompt']}" if opts.get("negative_prompt") else ""
+    return f"{opts['prompt']}{negative}\n{line}"
+
+
+def _add_text(info: Any, key: str, value: str) -> None:
+    # tEXt is Latin-1 by the PNG spec and many readers decode it as UTF-8 anyway: keep it for pure ASCII
+    # and put anything else (Russian, Chinese prompts) in a UTF-8 iTXt chunk
+    if value.isascii():
+        info.add_text(key, value)
+    else:
+        info.add_itxt(key, value)
+
+
+def write_png(path: str | os.PathLike, image: Any, params_text: str, options_json: str) -> Path:
+    """Save `image` as a PNG at `path` with both text chunks, atomically and never over an existing file.
+
+    The PNG is written to a temporary file in the same folder and then hard-linked to `path`, which fails
+    with FileExistsError if `path` exists, so a reader never sees half a file and nothing is overwritten.
+    """
+    from PIL.PngImagePlugin import PngInfo
+
+    path = Path(path)
+    info = PngInfo()
+    _add_text(info, PARAMETERS_KEY, params_text)
+    _add_text(info, KANDI_KEY, options_json)
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            image.save(f, format="PNG", pnginfo=info)
+            f.flush()
+            os.fsync(f.fileno())
+        _publish(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
+
+
+def _publish(tmp: Path, path: Path) -> None:
+    try:
+        os.link(tmp, path)
+    except FileExistsError:
+        raise
+    except OSError:
+        # filesystems without hard links (FAT, some network shares): a rename, checked first
+        if path.exists():
+            raise FileExistsError(f"{path} exists") from None
+        os.replace(tmp, path)
+
+
+def read_png_text(path: str | os.PathLike) -> dict[str, str]:
+    """All text chunks (tEXt, zTXt, iTXt) of a PNG; ValueError if `path` is not a PNG."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as im:
+            if im.format != "PNG":
+                raise ValueError(f"{path} is a {im.format} image, not a PNG")
+            return {k: str(v) for k, v in im.text.items()}
+    except UnidentifiedImageError:
+        raise ValueError(f"{path} is not a PNG image") from None
+
+
+def read_png_options(path: str | os.PathLike) -> dict[str, Any]:
+    """The kandi JSON chunk of a PNG written by `kandi generate`: {"options": {...}, "repos": {...}, ...}."""
+    text = read_png_text(path).get(KANDI_KEY)
+    if text is None:
+        raise ValueError(f"{path} has no kandi metadata")
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path} has unreadable kandi metadata ({e})") from None
+    opts = data.get("options") if isinstance(data, dict) else None
+    if not isinstance(opts, dict) or not isinstance(opts.get("prompt"), str):
+        raise ValueError(f"{path} has unreadable kandi metadata (no options with a prompt)")
+    return data
