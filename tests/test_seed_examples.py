@@ -2,7 +2,8 @@
 
 Each example is the documents' code. Both libraries run it on the tiny repos installed in an offline
 Hugging Face cache under the official ids, with the same few textual changes so that it runs on a CPU
-in seconds: sizes 768 -> 32, 50 steps -> 3, float16 -> float32. diffusers cannot run `.to("cuda")` on a
+in seconds: sizes 768 -> 32, 50 steps -> 3, float16 -> float32, and `torch.manual_seed(0)` before the
+first generation (the examples pass no generator, so both draw from torch's global one). diffusers cannot run `.to("cuda")` on a
 machine without CUDA, so only its copy drops that call; kandi's copy keeps it (it warns and stays on
 the CPU). The outputs must match.
 """
@@ -16,7 +17,6 @@ import warnings
 import numpy as np
 import PIL.Image
 import pytest
-import torch
 
 PRIOR_DECODER = """
 import torch
@@ -141,7 +141,20 @@ EXAMPLES = {"prior+decoder": (PRIOR_DECODER, ["sunset.png"]), "mixing": (MIXING,
             "auto": (AUTO, ["cheeseburger.png"]), "batch loop": (BATCH, [f"outputs/image_{i}.png" for i in range(3)])}  # fmt: skip
 
 
+# first line of each example's generation: the global seed is set right before it, because loading may
+# consume torch's global generator (diffusers initialises weights randomly when accelerate is absent)
+GENERATION_STARTS = (
+    "image_embeds, negative_embeds = prior(",
+    "embeds1, neg1 =",
+    "image = pipe(",
+    "for i, prompt",
+)
+
+
 def adapt(code: str, lib: str) -> str:
+    lines = code.splitlines()
+    first = next(i for i, line in enumerate(lines) if line.startswith(GENERATION_STARTS))
+    code = "\n".join([*lines[:first], "torch.manual_seed(0)", *lines[first:]]) + "\n"
     code = code.replace("LIB", lib).replace("768", "32").replace("=50", "=3")
     code = code.replace("torch.float16", "torch.float32")
     if lib == "diffusers":
@@ -155,7 +168,6 @@ def run(code: str, folder, outputs: list[str]) -> list[np.ndarray]:
     folder.mkdir()
     cwd = os.getcwd()
     os.chdir(folder)
-    torch.manual_seed(0)  # the examples pass no generator: both draw from torch's global generator
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
