@@ -17,7 +17,8 @@ import tiny  # noqa: E402
 import torch  # noqa: E402
 
 # The tiny test models gain nothing from intra-op threads, and on a small shared machine extra threads
-# contend with other processes (a tiny conv goes from ~0.2 ms to ~40 ms under load).
+# contend with other processes (a tiny conv goes from ~0.2 ms to ~40 ms under load). A fixed count also
+# keeps pixels comparable between runs (CPU kernels may round differently with another thread count).
 torch.set_num_threads(1)
 
 OFFICIAL = {

@@ -33,17 +33,6 @@ TINY = ["-W", "64", "-H", "64", "--steps", "3", "--prior-steps", "2"]
 PROMPT, NEGATIVE = "a red cat", "blurry"
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    # Tiny models: threads cost more than they save. A fixed count also keeps pixels comparable between
-    # runs, in-process and in the subprocess (OMP_NUM_THREADS=1): CPU kernels may round differently with
-    # another thread count.
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def run(capsys, *args) -> tuple[int, str, str]:
     code = cli.main([str(a) for a in args])
     out, err = capsys.readouterr()

@@ -29,15 +29,6 @@ DECODER_ID = "kandinsky-community/kandinsky-2-2-decoder"
 WEIGHTS = "diffusion_pytorch_model.safetensors"
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models: waking CPU threads costs more than the work (and 100x more on a busy machine)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 # ------------------------------------------------------------------------------------------- helpers
 
 

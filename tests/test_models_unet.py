@@ -29,15 +29,6 @@ TINY = {
 TIMESTEPS = [torch.tensor([3, 517]), torch.tensor(999), torch.tensor([40]), 0, 250, 17.5]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models: waking CPU threads costs more than the work (and 100x more on a busy machine)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def _json(name: str) -> dict[str, Any]:
     return json.loads((CONFIGS / name).read_text())
 
