@@ -24,6 +24,8 @@ torch.set_num_threads(1)
 OFFICIAL = {
     "prior": "kandinsky-community/kandinsky-2-2-prior",
     "decoder": "kandinsky-community/kandinsky-2-2-decoder",
+    "inpaint": "kandinsky-community/kandinsky-2-2-decoder-inpaint",
+    "controlnet": "kandinsky-community/kandinsky-2-2-controlnet-depth",
 }
 
 
@@ -34,11 +36,18 @@ def k22_repos(tmp_path_factory) -> dict[str, Path]:
 
 
 @pytest.fixture(scope="session")
-def k22_cache(tmp_path_factory, k22_repos) -> Path:
+def k22_edit_repos(tmp_path_factory) -> dict[str, Path]:
+    """{"inpaint": folder, "controlnet": folder}: the tiny 2.2 inpainting and ControlNet decoders."""
+    return tiny.save_k22_edit_repos(tmp_path_factory.mktemp("k22edit"))
+
+
+@pytest.fixture(scope="session")
+def k22_cache(tmp_path_factory, k22_repos, k22_edit_repos) -> Path:
     """A Hugging Face hub cache holding the tiny repos under the official 2.2 ids."""
     cache = tmp_path_factory.mktemp("hf") / "hub"
+    repos = {**k22_repos, **k22_edit_repos}
     for key, repo_id in OFFICIAL.items():
-        tiny.install_in_cache(cache, repo_id, k22_repos[key])
+        tiny.install_in_cache(cache, repo_id, repos[key])
     return cache
 
 

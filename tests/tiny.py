@@ -115,6 +115,21 @@ def save_k22_repos(root: Path) -> dict[str, Path]:
     return paths
 
 
+def save_k22_edit_repos(root: Path) -> dict[str, Path]:
+    """diffusers-saved inpainting (9-channel UNet) and ControlNet (hint UNet, 4-level MoVQ) decoders."""
+    import diffusers
+
+    inpaint = diffusers.KandinskyV22InpaintPipeline(**k22_decoder_components(1, "ddpm", "tiny-k22-inpaint"))
+    control = diffusers.KandinskyV22ControlnetPipeline(
+        **k22_decoder_components(2, "ddim", "tiny-k22-controlnet")
+    )
+    paths = {"inpaint": root / "k22-decoder-inpaint", "controlnet": root / "k22-controlnet-depth"}
+    inpaint.save_pretrained(paths["inpaint"])
+    control.save_pretrained(paths["controlnet"])
+    (paths["inpaint"] / "README.md").write_text(DECODER_CARD)
+    return paths
+
+
 def install_in_cache(cache: Path, repo_id: str, folder: Path, commit: str = "0" * 40) -> Path:
     """Place `folder` in a Hugging Face hub cache under `repo_id`, as a download would."""
     repo = cache / ("models--" + repo_id.replace("/", "--"))

@@ -19,14 +19,22 @@ from .loader import pipeline_class
 FAMILIES: dict[str, dict[str, str | None]] = {
     "kandinsky22": {
         "text2image": "KandinskyV22CombinedPipeline",
-        "image2image": None,
-        "inpainting": None,
+        "image2image": "KandinskyV22Img2ImgCombinedPipeline",
+        "inpainting": "KandinskyV22InpaintCombinedPipeline",
     },
 }
-# every class name that identifies a family (decoder and combined pipelines)
+# every class name that identifies a family (decoder and combined pipelines; priors and ControlNet
+# pipelines are not mapped, as in diffusers)
 MEMBERS: dict[str, str] = {
-    "KandinskyV22Pipeline": "kandinsky22",
-    "KandinskyV22CombinedPipeline": "kandinsky22",
+    name: "kandinsky22"
+    for name in (
+        "KandinskyV22Pipeline",
+        "KandinskyV22CombinedPipeline",
+        "KandinskyV22Img2ImgPipeline",
+        "KandinskyV22Img2ImgCombinedPipeline",
+        "KandinskyV22InpaintPipeline",
+        "KandinskyV22InpaintCombinedPipeline",
+    )
 }
 
 

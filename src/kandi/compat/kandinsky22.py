@@ -140,9 +140,8 @@ class KandinskyV22PriorPipeline(_Guided, DiffusionPipeline):
         x = k22.initial_latents(
             shape, generator, device, cond.prompt_embeds.dtype, latents, self.scheduler.init_noise_sigma
         )
-        loop = k22.prior_loop(
-            self.prior, self.scheduler, cond, x, g, steps, generator, device, self._placement
-        )
+        ts = k22.schedule(self.scheduler, steps, device)
+        loop = k22.prior_loop(self.prior, self.scheduler, ts, cond, x, g, generator, self._placement)
         state = _last(loop, self, steps, callback_on_step_end, inputs)
         self._num_timesteps = state.num_steps
         embeds = state.latents
@@ -303,9 +302,8 @@ class KandinskyV22Pipeline(_Guided, DiffusionPipeline):
         x = k22.initial_latents(
             shape, generator, device, self.unet.dtype, latents, self.scheduler.init_noise_sigma
         )
-        loop = k22.decoder_loop(
-            self.unet, self.scheduler, emb, neg, x, g, steps, generator, device, self._placement
-        )
+        ts = k22.schedule(self.scheduler, steps, device)
+        loop = k22.decoder_loop(self.unet, self.scheduler, ts, emb, neg, x, g, generator, self._placement)
         state = _last(
             loop, self, steps, callback_on_step_end, inputs, legacy=callback, legacy_steps=callback_steps
         )
@@ -386,6 +384,25 @@ class KandinskyV22CombinedPipeline(_Guided, DiffusionPipeline):
         super().set_progress_bar_config(**kwargs)
         self._sync()
 
+    def _check_decoder_args(self, height, width, steps, scale, output_type, inputs) -> None:
+        """Decoder arguments are checked before the prior runs, so a typo costs no prior steps."""
+        self._sync()
+        checks.check_size("height", height), checks.check_size("width", width)
+        checks.check_steps("num_inference_steps", steps, self.scheduler)
+        checks.check_number("guidance_scale", scale)
+        checks.check_output_type(output_type, self.decoder_pipe._output_types)
+        checks.check_callback_inputs(inputs, self.decoder_pipe._callback_tensor_inputs)
+
+    def _prior_embeds(
+        self, prompt, negative_prompt, n, steps, generator, latents, scale, on_step_end, inputs
+    ):
+        """(image_embeds, negative_image_embeds) for the prompts, n per prompt; `latents` go to the prior."""
+        return self.prior_pipe(
+            prompt=prompt, negative_prompt=negative_prompt, num_images_per_prompt=n, num_inference_steps=steps,
+            generator=generator, latents=latents, guidance_scale=scale, output_type="pt", return_dict=False,
+            callback_on_step_end=on_step_end, callback_on_step_end_tensor_inputs=inputs,
+        )  # fmt: skip
+
     @torch.no_grad()
     def __call__(
         self,
@@ -409,22 +426,11 @@ class KandinskyV22CombinedPipeline(_Guided, DiffusionPipeline):
         callback_on_step_end: StepCallback = None,
         callback_on_step_end_tensor_inputs: list[str] = ["latents"],  # noqa: B006
     ) -> ImagePipelineOutput | tuple:
-        self._sync()
-        # decoder arguments are checked before the prior runs, so a typo costs no prior steps
-        checks.check_size("height", height), checks.check_size("width", width)
-        checks.check_steps("num_inference_steps", num_inference_steps, self.scheduler)
-        checks.check_number("guidance_scale", guidance_scale)
-        checks.check_output_type(output_type, self.decoder_pipe._output_types)
-        checks.check_callback_inputs(
-            callback_on_step_end_tensor_inputs, self.decoder_pipe._callback_tensor_inputs
-        )
-        embeds, negative = self.prior_pipe(
-            prompt=prompt, negative_prompt=negative_prompt, num_images_per_prompt=num_images_per_prompt,
-            num_inference_steps=prior_num_inference_steps, generator=generator, latents=latents,
-            guidance_scale=prior_guidance_scale, output_type="pt", return_dict=False,
-            callback_on_step_end=prior_callback_on_step_end,
-            callback_on_step_end_tensor_inputs=prior_callback_on_step_end_tensor_inputs,
-        )  # fmt: skip
+        self._check_decoder_args(height, width, num_inference_steps, guidance_scale, output_type,
+                                 callback_on_step_end_tensor_inputs)  # fmt: skip
+        embeds, negative = self._prior_embeds(prompt, negative_prompt, num_images_per_prompt,
+                                              prior_num_inference_steps, generator, latents, prior_guidance_scale,
+                                              prior_callback_on_step_end, prior_callback_on_step_end_tensor_inputs)  # fmt: skip
         self._guidance_scale = guidance_scale
         out = self.decoder_pipe(
             image_embeds=embeds, negative_image_embeds=negative, width=width, height=height,
@@ -434,5 +440,34 @@ class KandinskyV22CombinedPipeline(_Guided, DiffusionPipeline):
             callback_on_step_end_tensor_inputs=callback_on_step_end_tensor_inputs,
         )  # fmt: skip
         self._num_timesteps = self.decoder_pipe.num_timesteps
+        self.maybe_free_model_hooks()
+        return out
+
+    @torch.no_grad()
+    def mix(
+        self,
+        images_and_prompts: list[str | PIL.Image.Image | torch.Tensor],
+        weights: list[float],
+        negative_prior_prompt: str | None = None,
+        negative_prompt: str = "",
+        prior_guidance_scale: float = 4.0,
+        prior_num_inference_steps: int = 25,
+        generator: torch.Generator | list[torch.Generator] | None = None,
+        **decoder_kwargs: Any,
+    ) -> ImagePipelineOutput | tuple:
+        """Images from a weighted mix of texts and images, in one call (prior `interpolate` + decoder).
+
+        `decoder_kwargs` are the decoder's (height, width, num_inference_steps, guidance_scale,
+        num_images_per_prompt, output_type, ...); diffusers has no such call (diffusers#4290).
+        """
+        self._sync()
+        n = decoder_kwargs.pop("num_images_per_prompt", 1)
+        mixed = self.prior_pipe.interpolate(
+            images_and_prompts, weights, num_images_per_prompt=n, num_inference_steps=prior_num_inference_steps,
+            generator=generator, negative_prior_prompt=negative_prior_prompt, negative_prompt=negative_prompt,
+            guidance_scale=prior_guidance_scale,
+        )  # fmt: skip
+        out = self.decoder_pipe(image_embeds=mixed.image_embeds, negative_image_embeds=mixed.negative_image_embeds,
+                                generator=generator, **decoder_kwargs)  # fmt: skip
         self.maybe_free_model_hooks()
         return out

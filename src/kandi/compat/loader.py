@@ -22,13 +22,26 @@ from ..loading.pipeline import load_components, read_model_index
 log = logging.getLogger(__name__)
 
 # diffusers pipeline class name -> kandi module holding the class of the same name
+_K22 = "kandi.compat.kandinsky22"
+_K22_EDIT = "kandi.compat.kandinsky22_edit"
 PIPELINE_MODULES = {
-    "KandinskyV22PriorPipeline": "kandi.compat.kandinsky22",
-    "KandinskyV22Pipeline": "kandi.compat.kandinsky22",
-    "KandinskyV22CombinedPipeline": "kandi.compat.kandinsky22",
+    "KandinskyV22PriorPipeline": _K22,
+    "KandinskyV22Pipeline": _K22,
+    "KandinskyV22CombinedPipeline": _K22,
+    "KandinskyV22PriorEmb2EmbPipeline": _K22_EDIT,
+    "KandinskyV22Img2ImgPipeline": _K22_EDIT,
+    "KandinskyV22InpaintPipeline": _K22_EDIT,
+    "KandinskyV22ControlnetPipeline": _K22_EDIT,
+    "KandinskyV22ControlnetImg2ImgPipeline": _K22_EDIT,
+    "KandinskyV22Img2ImgCombinedPipeline": _K22_EDIT,
+    "KandinskyV22InpaintCombinedPipeline": _K22_EDIT,
 }
 # decoder class -> the combined class that also loads its prior ("connected pipeline")
-CONNECTED = {"KandinskyV22Pipeline": "KandinskyV22CombinedPipeline"}
+CONNECTED = {
+    "KandinskyV22Pipeline": "KandinskyV22CombinedPipeline",
+    "KandinskyV22Img2ImgPipeline": "KandinskyV22Img2ImgCombinedPipeline",
+    "KandinskyV22InpaintPipeline": "KandinskyV22InpaintCombinedPipeline",
+}
 
 
 def pipeline_class(name: str) -> type:

@@ -150,7 +150,7 @@ def numpy_to_pil(images: np.ndarray) -> list[PIL.Image.Image]:
         images = images[None, ...]
     images = (images * 255).round().astype("uint8")
     if images.shape[-1] == 1:
-        return [PIL.Image.fromarray(im.squeeze(-1), mode="L") for im in images]
+        return [PIL.Image.fromarray(im.squeeze(-1)) for im in images]
     return [PIL.Image.fromarray(im) for im in images]
 
 

@@ -92,26 +92,31 @@ class PriorState:
     num_steps: int
 
 
+def schedule(scheduler: Any, steps: int, device: torch.device, strength: float = 1.0) -> torch.Tensor:
+    """The timesteps to run: the last `int(steps * strength)` of a `steps`-step schedule (img2img)."""
+    scheduler.set_timesteps(steps, device=device)
+    start = steps - min(int(steps * strength), steps)
+    return scheduler.timesteps[start:]
+
+
 def prior_loop(
     prior: Any,
     scheduler: Any,
+    ts: torch.Tensor,
     cond: TextCond,
     latents: torch.Tensor,
     guidance_scale: float,
-    steps: int,
     generator: Generator,
-    device: torch.device,
     placement: Placement | None = None,
 ) -> Iterator[PriorState]:
-    """Denoise CLIP image embeddings `latents` (B, D); yields after each step, ends post-processed."""
+    """Denoise CLIP image embeddings `latents` (B, D) over timesteps `ts`; ends post-processed."""
     if placement:
         placement.use(prior)
-    scheduler.set_timesteps(steps, device=device)
-    ts = scheduler.timesteps
     ts_host = ts.tolist()  # the scheduler indexes its tables with python ints: no device sync per step
     guided = guidance_scale > 1
+    t0 = ts[0] if len(ts) else None
     s = PriorState(
-        -1, ts[0], latents, cond.prompt_embeds, cond.text_encoder_hidden_states, cond.text_mask, len(ts)
+        -1, t0, latents, cond.prompt_embeds, cond.text_encoder_hidden_states, cond.text_mask, len(ts)
     )
     for i, t in enumerate(ts):
         x = torch.cat([s.latents] * 2) if guided else s.latents
@@ -144,11 +149,24 @@ class DecoderState:
     """The decoder loop's state after step `i`; fields named as diffusers' callback tensor inputs."""
 
     i: int
-    t: torch.Tensor
+    t: torch.Tensor | None
     latents: torch.Tensor
     image_embeds: torch.Tensor  # [negative, positive] when guided, as diffusers shows it to callbacks
     negative_image_embeds: torch.Tensor
     num_steps: int
+    masked_image: torch.Tensor | None = None  # inpainting inputs, doubled when guided (as diffusers)
+    mask_image: torch.Tensor | None = None
+
+
+@dataclass
+class Inpaint:
+    """What the 9-channel inpainting UNet reads besides the latents, one row per latent."""
+
+    # known and keep have one row per latent, or a single row shared by all (kept as one row: the
+    # broadcasting then follows diffusers' arithmetic, memory layout included, so results match bit for bit)
+    known: torch.Tensor  # (B or 1, 4, h, w) latents of the input image
+    keep: torch.Tensor  # (B or 1, 1, h, w) 1 = keep, 0 = repaint (already grown by a latent pixel)
+    noise: torch.Tensor  # (B, 4, h, w) start noise, reused to noise `known` to each step's level
 
 
 def uses_learned_variance(scheduler: Any) -> bool:
@@ -158,48 +176,83 @@ def uses_learned_variance(scheduler: Any) -> bool:
 def decoder_loop(
     unet: Any,
     scheduler: Any,
+    ts: torch.Tensor,
     image_embeds: torch.Tensor,
     negative_image_embeds: torch.Tensor,
     latents: torch.Tensor,
     guidance_scale: float,
-    steps: int,
     generator: Generator,
-    device: torch.device,
     placement: Placement | None = None,
     hint: torch.Tensor | None = None,
+    inpaint: Inpaint | None = None,
 ) -> Iterator[DecoderState]:
-    """Denoise MoVQ latents (B, C, h, w) conditioned on image embeddings (B, D) each.
+    """Denoise MoVQ latents (B, C, h, w) over timesteps `ts`, conditioned on image embeddings (B, D).
 
-    Unlike diffusers, embeddings (and the hint) are always expanded to the latent batch and cast to the
-    UNet's dtype, so guidance_scale <= 1 with several images per prompt works.
+    Unlike diffusers, embeddings and hints are always expanded to the latent batch and cast to the
+    UNet's dtype (so guidance_scale <= 1 with several images per prompt works), and inpainting keeps
+    each image's own known region (diffusers re-injects the first image's into the whole batch).
     """
     if placement:
         placement.use(unet)
-    guided = guidance_scale > 1
-    dtype = unet.dtype
+    guided, device, dtype = guidance_scale > 1, latents.device, unet.dtype
     emb = torch.cat([negative_image_embeds, image_embeds]) if guided else image_embeds
     emb = emb.to(device=device, dtype=dtype)
     if hint is not None:
         hint = (torch.cat([hint, hint]) if guided else hint).to(device=device, dtype=dtype)
     cond, cond_src = unet.condition(emb, hint=hint), emb
-    scheduler.set_timesteps(steps, device=device)
-    ts = scheduler.timesteps
     ts_host = ts.tolist()  # python ints for the scheduler (no sync); the UNet takes the device tensor
-    learned = uses_learned_variance(scheduler)
-    channels = latents.shape[1]
-    s = DecoderState(-1, ts[0], latents, emb, negative_image_embeds, len(ts))
+    learned, channels = uses_learned_variance(scheduler), latents.shape[1]
+    s = DecoderState(-1, ts[0] if len(ts) else None, latents, emb, negative_image_embeds, len(ts))
+    if inpaint is not None:
+        rows = (latents.shape[0], -1, -1, -1)
+        masked, keep = (inpaint.known * inpaint.keep).expand(rows), inpaint.keep.expand(rows)
+        s.masked_image, s.mask_image = (
+            torch.cat([x, x]) if guided else x.contiguous() for x in (masked, keep)
+        )
     for i, t in enumerate(ts):
         if s.image_embeds is not cond_src:  # a step callback replaced the embeddings
             cond, cond_src = unet.condition(s.image_embeds.to(device, dtype), hint=hint), s.image_embeds
         x = torch.cat([s.latents] * 2) if guided else s.latents
+        if inpaint is not None:
+            x = torch.cat([x, s.masked_image, s.mask_image], dim=1)
         pred = unet.denoise(x, t, cond)
         if guided:
             pred = guide(pred, guidance_scale, channels, keep_variance=learned)
         elif not learned:
             pred = pred[:, :channels]
         s.latents = scheduler.step(pred, ts_host[i], s.latents, generator=generator)[0]
+        if inpaint is not None:
+            s.latents = _reinject(
+                scheduler, inpaint, s.latents, ts_host[i + 1] if i + 1 < len(ts_host) else None
+            )
         s.i, s.t = i, t
         yield s
+    if inpaint is not None:
+        s.latents = inpaint.keep * inpaint.known + (1 - inpaint.keep) * s.latents
+
+
+def _reinject(scheduler: Any, inp: Inpaint, latents: torch.Tensor, t_next: int | None) -> torch.Tensor:
+    """Put the known region back, noised to the next step's level (the image itself after the last)."""
+    known = inp.known
+    if t_next is not None:
+        known = scheduler.add_noise(known, inp.noise, torch.tensor([t_next]))
+    return inp.keep * known + (1 - inp.keep) * latents
+
+
+def noised_latents(
+    scheduler: Any, latents: torch.Tensor, ts: torch.Tensor, generator: Generator
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """img2img start: encoded image latents noised to the first timestep of `ts`; also the noise."""
+    noise = randn(latents.shape, generator=generator, device=latents.device, dtype=latents.dtype)
+    t = ts[:1].repeat(latents.shape[0])
+    return scheduler.add_noise(latents, noise, t), noise
+
+
+def encode(movq: Any, pixels: torch.Tensor, placement: Placement | None = None) -> torch.Tensor:
+    """MoVQ latents (pre-quantisation) of images in [-1, 1]."""
+    if placement:
+        placement.use(movq)
+    return movq.encode(pixels.to(device=movq.device, dtype=movq.dtype)).latents
 
 
 def initial_latents(
@@ -324,9 +377,8 @@ def text_to_image(m: K22Models, opts: Any) -> Iterator[Progress | Result]:
         lh, lw = downscale_hw(opts.height, opts.width, sf)
         x = initial_latents((1, m.unet.config.in_channels, lh, lw), g, device, m.unet.dtype, None,
                             scheduler.init_noise_sigma)  # fmt: skip
-        loop = decoder_loop(
-            m.unet, scheduler, emb, neg, x, opts.guidance_scale, opts.steps, g, device, m.placement
-        )
+        ts = schedule(scheduler, opts.steps, device)
+        loop = decoder_loop(m.unet, scheduler, ts, emb, neg, x, opts.guidance_scale, g, m.placement)
         for s in loop:
             yield Progress("decoder", s.i + 1, s.num_steps, k, len(seeds))
         images += to_output(decode(m.movq, s.latents, m.placement), "pil")
@@ -343,8 +395,8 @@ def _prior(m: K22Models, opts: Any, g: torch.Generator, device: torch.device) ->
     cond = encode_prior_text(m.tokenizer, m.text_encoder, texts, uncond, 1, guided, device)
     x = initial_latents((len(texts), m.prior.config.embedding_dim), g, device, cond.prompt_embeds.dtype, None,
                         m.prior_scheduler.init_noise_sigma)  # fmt: skip
-    loop = prior_loop(m.prior, m.prior_scheduler, cond, x, opts.prior_guidance_scale, opts.prior_steps, g, device,
-                      m.placement)  # fmt: skip
+    ts = schedule(m.prior_scheduler, opts.prior_steps, device)
+    loop = prior_loop(m.prior, m.prior_scheduler, ts, cond, x, opts.prior_guidance_scale, g, m.placement)
     for s in loop:
         yield s
     if opts.negative_prompt is None:
