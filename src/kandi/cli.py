@@ -29,7 +29,7 @@ from .pngmeta import format_parameters, read_png_options, write_png
 if TYPE_CHECKING:
     import torch
 
-    from .pipelines.k22 import K22Models
+    from .pipelines.k22_tasks import K22Models
 
 
 class UsageError(Exception):
@@ -320,7 +320,7 @@ def _load(
 ) -> tuple[_Model, K22Models]:
     """The model's prior and decoder on `device`; the prior from the decoder's model card if not named."""
     from .loading.hub import connected_repos, resolve_repo_dir
-    from .pipelines.k22 import K22Models
+    from .pipelines.k22_tasks import K22Models
 
     hub = {"local_files_only": True} if offline else {}
     try:
@@ -352,7 +352,7 @@ def _images(
     models: K22Models, opts: GenerationOptions, seeds: list[int], show: bool
 ) -> Iterator[tuple[int, Any]]:
     """(seed, PIL image) of each image, made one at a time so each is saved as soon as it is done."""
-    from .pipelines.k22 import Result, text_to_image
+    from .pipelines.k22_tasks import Result, text_to_image
 
     for k, seed in enumerate(seeds):
         bar = _bar(f"image {k + 1}/{len(seeds)}", opts.prior_steps + opts.steps) if show else None

@@ -142,9 +142,8 @@ class KandinskyV22PriorPipeline(_Guided, DiffusionPipeline):
         )
         ts = k22.schedule(self.scheduler, steps, device)
         loop = k22.prior_loop(self.prior, self.scheduler, ts, cond, x, g, generator, self._placement)
-        state = _last(loop, self, steps, callback_on_step_end, inputs)
-        self._num_timesteps = state.num_steps
-        embeds = state.latents
+        embeds = drive(self, loop, len(ts), callback_on_step_end, inputs)
+        self._num_timesteps = len(ts)
         if negs is None:
             negative = self.get_zero_embed(embeds.shape[0], device=embeds.device)
         else:
@@ -215,20 +214,24 @@ def _check_mix(items: Any, weights: Any) -> tuple[list, list[float]]:
     return list(items), [checks.check_number(f"weights[{i}]", w) for i, w in enumerate(weights)]
 
 
-def _last(
-    loop: Iterator[Any], pipe: DiffusionPipeline, total: int, cb: StepCallback, inputs: list[str], **legacy
+def drive(
+    pipe: DiffusionPipeline,
+    loop: Iterator[Any],
+    total: int,
+    on_step_end: StepCallback = None,
+    inputs: list[str] | tuple[str, ...] = (),
+    legacy: Callable | None = None,
+    legacy_steps: int = 1,
 ) -> Any:
-    """Run a loop to the end with callbacks and progress; the loop's final state."""
-    state = None
+    """Run a core loop to the end with progress and callbacks; what the loop returns (final latents)."""
+    result = None
 
-    def track() -> Iterator[Any]:
-        nonlocal state
-        for s in loop:
-            state = s
-            yield s
+    def run() -> Iterator[Any]:
+        nonlocal result
+        result = yield from loop
 
-    run_with_callbacks(pipe, track(), total, cb, inputs, **legacy)
-    return state
+    run_with_callbacks(pipe, run(), total, on_step_end, list(inputs or []), legacy, legacy_steps)
+    return result
 
 
 class KandinskyV22Pipeline(_Guided, DiffusionPipeline):
@@ -238,6 +241,7 @@ class KandinskyV22Pipeline(_Guided, DiffusionPipeline):
     model_cpu_offload_seq = "unet->movq"
     _callback_tensor_inputs = ("latents", "image_embeds", "negative_image_embeds")
     _output_types = ("pil", "np", "pt", "latent")
+    _unet_kind = ("image", 4)  # addition_embed_type, in_channels
 
     def __init__(self, unet, scheduler, movq) -> None:
         super().__init__(unet=unet, scheduler=scheduler, movq=movq)
@@ -253,13 +257,57 @@ class KandinskyV22Pipeline(_Guided, DiffusionPipeline):
         )
 
     def _check_unet(self) -> None:
+        kind, channels = self._unet_kind
         cfg = self.unet.config
-        if cfg.in_channels != 4 or cfg.addition_embed_type != "image":
+        if cfg.addition_embed_type != kind or cfg.in_channels != channels:
             raise ValueError(
-                f"{type(self).__name__} needs the Kandinsky 2.2 text-to-image UNet (4 input channels, image "
-                f"embedding); this one takes {cfg.in_channels} channels with {cfg.addition_embed_type!r} conditioning "
-                "(use the inpainting or ControlNet pipeline for that checkpoint)"
+                f"{type(self).__name__} needs a UNet with {channels} input channels and {kind!r} conditioning; "
+                f"this one takes {cfg.in_channels} channels with {cfg.addition_embed_type!r} conditioning "
+                "(wrong checkpoint for this pipeline?)"
             )
+
+    def _check(self, image_embeds, negative_image_embeds, height, width, steps, scale, n, output_type, inputs,
+               generator):  # fmt: skip
+        """Checks shared by every decoder; returns (embeds, negatives, output size, steps, generator)."""
+        self._check_unet()
+        emb, neg = _check_embed_pair(image_embeds, negative_image_embeds, self.unet.config.encoder_hid_dim)
+        h, w = checks.check_size("height", height), checks.check_size("width", width)
+        steps = checks.check_steps("num_inference_steps", steps, self.scheduler)
+        checks.check_number("guidance_scale", scale)
+        n = checks.check_int("num_images_per_prompt", n)
+        checks.check_output_type(output_type, self._output_types)
+        checks.check_callback_inputs(inputs, self._callback_tensor_inputs)
+        generator = checks.check_generator(generator, emb.shape[0] * n)
+        # the UNet halves the latents three times: sizes become multiples of 64 px, rounded up as diffusers
+        sf = self.movq_scale_factor
+        size = tuple(v * sf for v in downscale_hw(h, w, sf))
+        return emb, neg, size, steps, generator
+
+    def _latent_shape(self, batch: int, size: tuple[int, int]) -> tuple[int, ...]:
+        sf = self.movq_scale_factor
+        return (batch, self.movq.config.latent_channels, size[0] // sf, size[1] // sf)
+
+    def _denoise(self, emb, neg, n, size, steps, scale, generator, on_step_end=None, inputs=(), legacy=None,
+                 legacy_steps=1, strength=1.0, **job) -> torch.Tensor:  # fmt: skip
+        """Run the core decoder job with progress and callbacks; the final latents."""
+        device = self._prepare_run()
+        self._guidance_scale = scale
+        self._num_timesteps = k22.steps_run(steps, strength)
+        loop = k22.decoder_job(self.unet, self.scheduler, self.movq, emb, neg, n, size, steps, scale, generator,
+                               device, self._placement, strength=strength, **job)  # fmt: skip
+        return drive(self, loop, self._num_timesteps, on_step_end, inputs, legacy, legacy_steps)
+
+    def _output(
+        self, latents: torch.Tensor, output_type: str, return_dict: bool, raw_pt: bool = True, edit=None
+    ):
+        """Decode (unless "latent") and convert; `edit` may change the decoded images first."""
+        if output_type == "latent":
+            image = latents
+        else:
+            decoded = k22.decode(self.movq, latents, self._placement)
+            image = to_output(edit(decoded) if edit else decoded, output_type, raw_pt=raw_pt)
+        self.maybe_free_model_hooks()
+        return ImagePipelineOutput(images=image) if return_dict else (image,)
 
     @torch.no_grad()
     def __call__(
@@ -280,40 +328,15 @@ class KandinskyV22Pipeline(_Guided, DiffusionPipeline):
         **kwargs: Any,
     ) -> ImagePipelineOutput | tuple:
         callback, callback_steps = _legacy_callback(kwargs, type(self).__name__)
-        self._check_unet()
-        emb, neg = _check_embed_pair(image_embeds, negative_image_embeds, self.unet.config.encoder_hid_dim)
-        h, w = checks.check_size("height", height), checks.check_size("width", width)
-        steps = checks.check_steps("num_inference_steps", num_inference_steps, self.scheduler)
-        g = checks.check_number("guidance_scale", guidance_scale)
-        n = checks.check_int("num_images_per_prompt", num_images_per_prompt)
-        checks.check_output_type(output_type, self._output_types)
-        inputs = checks.check_callback_inputs(
-            callback_on_step_end_tensor_inputs, self._callback_tensor_inputs
-        )
-        batch = emb.shape[0] * n
-        generator = checks.check_generator(generator, batch)
-        lh, lw = downscale_hw(h, w, self.movq_scale_factor)
-        shape = (batch, self.unet.config.in_channels, lh, lw)
-        checks.check_latents(latents, shape)
-
-        device = self._prepare_run()
-        self._guidance_scale = g
-        emb, neg = emb.repeat_interleave(n, dim=0), neg.repeat_interleave(n, dim=0)
-        x = k22.initial_latents(
-            shape, generator, device, self.unet.dtype, latents, self.scheduler.init_noise_sigma
-        )
-        ts = k22.schedule(self.scheduler, steps, device)
-        loop = k22.decoder_loop(self.unet, self.scheduler, ts, emb, neg, x, g, generator, self._placement)
-        state = _last(
-            loop, self, steps, callback_on_step_end, inputs, legacy=callback, legacy_steps=callback_steps
-        )
-        self._num_timesteps = state.num_steps
-        if output_type == "latent":
-            image = state.latents
-        else:
-            image = to_output(k22.decode(self.movq, state.latents, self._placement), output_type)
-        self.maybe_free_model_hooks()
-        return ImagePipelineOutput(images=image) if return_dict else (image,)
+        emb, neg, size, steps, generator = self._check(
+            image_embeds, negative_image_embeds, height, width, num_inference_steps, guidance_scale,
+            num_images_per_prompt, output_type, callback_on_step_end_tensor_inputs, generator,
+        )  # fmt: skip
+        checks.check_latents(latents, self._latent_shape(emb.shape[0] * num_images_per_prompt, size))
+        x = self._denoise(emb, neg, num_images_per_prompt, size, steps, guidance_scale, generator,
+                          callback_on_step_end, callback_on_step_end_tensor_inputs, callback, callback_steps,
+                          latents=latents)  # fmt: skip
+        return self._output(x, output_type, return_dict)
 
 
 def _legacy_callback(kwargs: dict[str, Any], name: str) -> tuple[Callable | None, int]:

@@ -11,19 +11,16 @@ from typing import Any
 
 import PIL.Image
 import torch
-import torch.nn.functional as F
 
 from ..pipelines import images, k22
-from ..pipelines.common import downscale_hw, to_output
 from . import checks
 from .kandinsky22 import (
     KandinskyV22CombinedPipeline,
     KandinskyV22Pipeline,
     KandinskyV22PriorPipeline,
     StepCallback,
-    _check_embed_pair,
-    _last,
     _legacy_callback,
+    drive,
 )
 from .outputs import ImagePipelineOutput, KandinskyPriorPipelineOutput
 
@@ -37,60 +34,7 @@ def check_strength(value: Any) -> float:
     return s
 
 
-class _Decoder(KandinskyV22Pipeline):
-    """Shared steps of the 2.2 decoders: checks, image encoding, the loop and the output."""
-
-    _unet_kind = ("image", 4)
-
-    def _check_unet(self) -> None:
-        kind, channels = self._unet_kind
-        cfg = self.unet.config
-        if cfg.addition_embed_type != kind or cfg.in_channels != channels:
-            raise ValueError(
-                f"{type(self).__name__} needs a UNet with {channels} input channels and {kind!r} conditioning; "
-                f"this one has {cfg.in_channels} and {cfg.addition_embed_type!r} (wrong checkpoint for this pipeline?)"
-            )
-
-    def _common(
-        self, image_embeds, negative_image_embeds, height, width, steps, scale, n, output_type, inputs
-    ):
-        """Checks shared by every decoder; returns embeddings, output size and step count."""
-        self._check_unet()
-        emb, neg = _check_embed_pair(image_embeds, negative_image_embeds, self.unet.config.encoder_hid_dim)
-        h, w = checks.check_size("height", height), checks.check_size("width", width)
-        steps = checks.check_steps("num_inference_steps", steps, self.scheduler)
-        checks.check_number("guidance_scale", scale)
-        checks.check_int("num_images_per_prompt", n)
-        checks.check_output_type(output_type, self._output_types)
-        checks.check_callback_inputs(inputs, self._callback_tensor_inputs)
-        # the UNet halves the latent three times: sizes become multiples of 64 px (rounded up, as 2.2 T2I)
-        lh, lw = downscale_hw(h, w, self.movq_scale_factor)
-        return emb, neg, (lh * self.movq_scale_factor, lw * self.movq_scale_factor), steps
-
-    def _encode_images(self, image: Any, size: tuple[int, int], batch: int, n: int, device) -> torch.Tensor:
-        pixels = images.preprocess(image, *size)
-        latents = k22.encode(self.movq, pixels.to(device), self._placement)
-        return images.match_batch(latents, batch, "image").repeat_interleave(n, dim=0)
-
-    def _run(self, loop, start: torch.Tensor, steps: int, on_step_end: StepCallback, inputs, legacy=None,
-             legacy_steps=1) -> torch.Tensor:  # fmt: skip
-        """Final latents of a loop; `start` when a low strength leaves no step to run."""
-        state = _last(
-            loop, self, steps, on_step_end, list(inputs or []), legacy=legacy, legacy_steps=legacy_steps
-        )
-        self._num_timesteps = steps
-        return start if state is None else state.latents
-
-    def _finish(self, latents: torch.Tensor, output_type: str, return_dict: bool, raw_pt: bool = True):
-        if output_type == "latent":
-            image = latents
-        else:
-            image = to_output(k22.decode(self.movq, latents, self._placement), output_type, raw_pt=raw_pt)
-        self.maybe_free_model_hooks()
-        return ImagePipelineOutput(images=image) if return_dict else (image,)
-
-
-class KandinskyV22Img2ImgPipeline(_Decoder):
+class KandinskyV22Img2ImgPipeline(KandinskyV22Pipeline):
     """Kandinsky 2.2 decoder starting from an image noised to `strength`."""
 
     @torch.no_grad()
@@ -113,28 +57,19 @@ class KandinskyV22Img2ImgPipeline(_Decoder):
         **kwargs: Any,
     ) -> ImagePipelineOutput | tuple:
         callback, callback_steps = _legacy_callback(kwargs, type(self).__name__)
-        emb, neg, size, steps = self._common(image_embeds, negative_image_embeds, height, width,
-                                             num_inference_steps, guidance_scale, num_images_per_prompt,
-                                             output_type, callback_on_step_end_tensor_inputs)  # fmt: skip
+        emb, neg, size, steps, generator = self._check(
+            image_embeds, negative_image_embeds, height, width, num_inference_steps, guidance_scale,
+            num_images_per_prompt, output_type, callback_on_step_end_tensor_inputs, generator,
+        )  # fmt: skip
         strength = check_strength(strength)
-        images.check_present(image, "image")
-        n = num_images_per_prompt
-        generator = checks.check_generator(generator, emb.shape[0] * n)
-        device = self._prepare_run()
-        self._guidance_scale = guidance_scale
-        x0 = self._encode_images(image, size, emb.shape[0], n, device)
-        ts = k22.schedule(self.scheduler, steps, device, strength)
-        x = k22.noised_latents(self.scheduler, x0, ts, generator)[0] if len(ts) else x0
-        emb, neg = emb.repeat_interleave(n, dim=0), neg.repeat_interleave(n, dim=0)
-        loop = k22.decoder_loop(
-            self.unet, self.scheduler, ts, emb, neg, x, guidance_scale, generator, self._placement
-        )
-        latents = self._run(loop, x, len(ts), callback_on_step_end, callback_on_step_end_tensor_inputs, callback,
-                          callback_steps)  # fmt: skip
-        return self._finish(latents, output_type, return_dict, raw_pt=False)
+        pixels = images.preprocess(image, *size)
+        x = self._denoise(emb, neg, num_images_per_prompt, size, steps, guidance_scale, generator,
+                          callback_on_step_end, callback_on_step_end_tensor_inputs, callback, callback_steps,
+                          strength=strength, image=pixels)  # fmt: skip
+        return self._output(x, output_type, return_dict, raw_pt=False)
 
 
-class KandinskyV22InpaintPipeline(_Decoder):
+class KandinskyV22InpaintPipeline(KandinskyV22Pipeline):
     """Kandinsky 2.2 inpainting: white (1) in `mask_image` is repainted, black (0) kept."""
 
     _unet_kind = ("image", 9)
@@ -173,58 +108,34 @@ class KandinskyV22InpaintPipeline(_Decoder):
         noise) and `paste_back` (original pixels outside the mask, blended over `paste_back_feather`
         pixels inside its edge), which keeps repeated passes from drifting in colour."""
         callback, callback_steps = _legacy_callback(kwargs, type(self).__name__)
-        emb, neg, size, steps = self._common(image_embeds, negative_image_embeds, height, width,
-                                             num_inference_steps, guidance_scale, num_images_per_prompt,
-                                             output_type, callback_on_step_end_tensor_inputs)  # fmt: skip
+        emb, neg, size, steps, generator = self._check(
+            image_embeds, negative_image_embeds, height, width, num_inference_steps, guidance_scale,
+            num_images_per_prompt, output_type, callback_on_step_end_tensor_inputs, generator,
+        )  # fmt: skip
         strength = check_strength(strength)
         feather = checks.check_int("paste_back_feather", paste_back_feather, 0)
-        keep_px, pixels = images.prepare_inpaint(image, mask_image, *size)
+        keep, pixels = images.prepare_inpaint(image, mask_image, *size)
         n, b = num_images_per_prompt, emb.shape[0]
-        generator = checks.check_generator(generator, b * n)
-        lat_hw = (size[0] // self.movq_scale_factor, size[1] // self.movq_scale_factor)
-        shape = (b * n, self.movq.config.latent_channels, *lat_hw)
-        checks.check_latents(latents, shape)
+        checks.check_latents(latents, self._latent_shape(b * n, size))
+        x = self._denoise(emb, neg, n, size, steps, guidance_scale, generator, callback_on_step_end,
+                          callback_on_step_end_tensor_inputs, callback, callback_steps, strength=strength,
+                          image=pixels, keep=keep, latents=latents)  # fmt: skip
+        edit = None
+        if paste_back:
 
-        device = self._prepare_run()
-        self._guidance_scale = guidance_scale
-        known = k22.encode(self.movq, pixels.to(device), self._placement)
-        keep = images.grow_repaint(
-            F.interpolate(keep_px.to(device, known.dtype), known.shape[-2:], mode="nearest")
-        )
-        known, keep = (_per_latent(x, b, n, nm) for x, nm in ((known, "image"), (keep, "mask")))
-        ts = k22.schedule(self.scheduler, steps, device, strength)
-        x = k22.initial_latents(
-            shape, generator, device, self.unet.dtype, latents, self.scheduler.init_noise_sigma
-        )
-        noise = x.clone()
-        if strength < 1:  # start from the image noised to the first step (as img2img), or the image itself
-            x = (
-                self.scheduler.add_noise(known, noise, ts[:1].repeat(shape[0]))
-                if len(ts)
-                else known.expand(shape)
-            )
-        inpaint = k22.Inpaint(known.to(x.dtype), keep.to(x.dtype), noise)
-        emb, neg = emb.repeat_interleave(n, dim=0), neg.repeat_interleave(n, dim=0)
-        loop = k22.decoder_loop(self.unet, self.scheduler, ts, emb, neg, x, guidance_scale, generator,
-                                self._placement, inpaint=inpaint)  # fmt: skip
-        latents = self._run(loop, x, len(ts), callback_on_step_end, callback_on_step_end_tensor_inputs, callback,
-                          callback_steps)  # fmt: skip
-        if output_type == "latent" or not paste_back:
-            return self._finish(latents, output_type, return_dict)
-        decoded = k22.decode(self.movq, latents, self._placement)
-        originals = images.match_batch(pixels.to(decoded), b, "image").repeat_interleave(n, dim=0)
-        masks = images.match_batch(keep_px.to(decoded), b, "mask").repeat_interleave(n, dim=0)
-        decoded = images.paste_back(originals, decoded, masks, feather)
-        self.maybe_free_model_hooks()
-        out = to_output(decoded, output_type)
-        return ImagePipelineOutput(images=out) if return_dict else (out,)
+            def edit(decoded: torch.Tensor) -> torch.Tensor:
+                rows = lambda t, name: images.match_batch(t.to(decoded), b, name).repeat_interleave(n, dim=0)  # noqa: E731
+                return images.paste_back(rows(pixels, "image"), decoded, rows(keep, "mask"), feather)
+
+        return self._output(x, output_type, return_dict, edit=edit)
 
 
-class KandinskyV22ControlnetPipeline(_Decoder):
+class KandinskyV22ControlnetPipeline(KandinskyV22Pipeline):
     """Kandinsky 2.2 with a ControlNet hint (e.g. a depth map) steering the layout."""
 
     _unet_kind = ("image_hint", 8)
     _output_types = ("pil", "np", "pt")
+    _callback_tensor_inputs = ()
 
     @torch.no_grad()
     def __call__(
@@ -244,42 +155,26 @@ class KandinskyV22ControlnetPipeline(_Decoder):
         callback_steps: int = 1,
         return_dict: bool = True,
     ) -> ImagePipelineOutput | tuple:
-        emb, neg, size, steps = self._common(image_embeds, negative_image_embeds, height, width,
-                                             num_inference_steps, guidance_scale, num_images_per_prompt,
-                                             output_type, None)  # fmt: skip
+        emb, neg, size, steps, generator = self._check(
+            image_embeds, negative_image_embeds, height, width, num_inference_steps, guidance_scale,
+            num_images_per_prompt, output_type, (), generator,
+        )  # fmt: skip
         callback, callback_steps = _legacy_callback(
             {"callback": callback, "callback_steps": callback_steps}, ""
         )
-        n, b = num_images_per_prompt, emb.shape[0]
-        hint_t = images.match_batch(images.prepare_hint(hint, *size, b), b, "hint").repeat_interleave(
-            n, dim=0
-        )
-        generator = checks.check_generator(generator, b * n)
-        shape = (
-            b * n,
-            self.movq.config.latent_channels,
-            size[0] // self.movq_scale_factor,
-            size[1] // self.movq_scale_factor,
-        )
-        checks.check_latents(latents, shape)
-        device = self._prepare_run()
-        self._guidance_scale = guidance_scale
-        ts = k22.schedule(self.scheduler, steps, device)
-        x = k22.initial_latents(
-            shape, generator, device, self.unet.dtype, latents, self.scheduler.init_noise_sigma
-        )
-        emb, neg = emb.repeat_interleave(n, dim=0), neg.repeat_interleave(n, dim=0)
-        loop = k22.decoder_loop(self.unet, self.scheduler, ts, emb, neg, x, guidance_scale, generator,
-                                self._placement, hint=hint_t)  # fmt: skip
-        latents = self._run(loop, x, len(ts), None, [], callback, callback_steps)
-        return self._finish(latents, output_type, return_dict)
+        hint_t = images.prepare_hint(hint, *size, emb.shape[0])
+        checks.check_latents(latents, self._latent_shape(emb.shape[0] * num_images_per_prompt, size))
+        x = self._denoise(emb, neg, num_images_per_prompt, size, steps, guidance_scale, generator, None, (),
+                          callback, callback_steps, hint=hint_t, latents=latents)  # fmt: skip
+        return self._output(x, output_type, return_dict)
 
 
-class KandinskyV22ControlnetImg2ImgPipeline(_Decoder):
+class KandinskyV22ControlnetImg2ImgPipeline(KandinskyV22Pipeline):
     """ControlNet hint plus an init image noised to `strength`."""
 
     _unet_kind = ("image_hint", 8)
     _output_types = ("pil", "np", "pt")
+    _callback_tensor_inputs = ()
 
     @torch.no_grad()
     def __call__(
@@ -300,29 +195,19 @@ class KandinskyV22ControlnetImg2ImgPipeline(_Decoder):
         callback_steps: int = 1,
         return_dict: bool = True,
     ) -> ImagePipelineOutput | tuple:
-        emb, neg, size, steps = self._common(image_embeds, negative_image_embeds, height, width,
-                                             num_inference_steps, guidance_scale, num_images_per_prompt,
-                                             output_type, None)  # fmt: skip
+        emb, neg, size, steps, generator = self._check(
+            image_embeds, negative_image_embeds, height, width, num_inference_steps, guidance_scale,
+            num_images_per_prompt, output_type, (), generator,
+        )  # fmt: skip
         callback, callback_steps = _legacy_callback(
             {"callback": callback, "callback_steps": callback_steps}, ""
         )
         strength = check_strength(strength)
-        images.check_present(image, "image")
-        n, b = num_images_per_prompt, emb.shape[0]
-        hint_t = images.match_batch(images.prepare_hint(hint, *size, b), b, "hint").repeat_interleave(
-            n, dim=0
-        )
-        generator = checks.check_generator(generator, b * n)
-        device = self._prepare_run()
-        self._guidance_scale = guidance_scale
-        x0 = self._encode_images(image, size, b, n, device)
-        ts = k22.schedule(self.scheduler, steps, device, strength)
-        x = k22.noised_latents(self.scheduler, x0, ts, generator)[0] if len(ts) else x0
-        emb, neg = emb.repeat_interleave(n, dim=0), neg.repeat_interleave(n, dim=0)
-        loop = k22.decoder_loop(self.unet, self.scheduler, ts, emb, neg, x, guidance_scale, generator,
-                                self._placement, hint=hint_t)  # fmt: skip
-        latents = self._run(loop, x, len(ts), None, [], callback, callback_steps)
-        return self._finish(latents, output_type, return_dict, raw_pt=False)
+        pixels = images.preprocess(image, *size)
+        hint_t = images.prepare_hint(hint, *size, emb.shape[0])
+        x = self._denoise(emb, neg, num_images_per_prompt, size, steps, guidance_scale, generator, None, (),
+                          callback, callback_steps, strength=strength, image=pixels, hint=hint_t)  # fmt: skip
+        return self._output(x, output_type, return_dict, raw_pt=False)
 
 
 class KandinskyV22PriorEmb2EmbPipeline(KandinskyV22PriorPipeline):
@@ -364,11 +249,10 @@ class KandinskyV22PriorEmb2EmbPipeline(KandinskyV22PriorPipeline):
         ts = k22.schedule(self.scheduler, steps, device, strength)
         x = k22.noised_latents(self.scheduler, start, ts, generator)[0] if len(ts) else start
         loop = k22.prior_loop(self.prior, self.scheduler, ts, cond, x, g, generator, self._placement)
-        state = _last(loop, self, len(ts), None, [])
+        embeds = drive(self, loop, len(ts))
         self._num_timesteps = len(ts)
-        embeds = (
-            state.latents if state is not None else x
-        )  # no step at this strength: the image's own embedding
+        if embeds is None:  # no step at this strength: the image's own embedding
+            embeds = x
         return self._outputs(embeds, negs is None, output_type, return_dict)
 
     def _start_embeds(self, image: Any, n: int, batch: int, device: torch.device) -> torch.Tensor:
@@ -421,11 +305,6 @@ class KandinskyV22PriorEmb2EmbPipeline(KandinskyV22PriorPipeline):
         text_prior._placement, text_prior._zero_cache = self._placement, self._zero_cache
         text_prior.set_progress_bar_config(**self._progress_config)
         return text_prior.interpolate(images_and_prompts, weights, **kwargs)
-
-
-def _per_latent(x: torch.Tensor, batch: int, n: int, name: str) -> torch.Tensor:
-    """One row per latent (image i's rows repeated n times), or a single row to broadcast to all."""
-    return x if x.shape[0] == 1 else images.match_batch(x, batch, name).repeat_interleave(n, dim=0)
 
 
 # ---------------------------------------------------------------------------------- combined

@@ -14,8 +14,10 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 
-from .common import Placement, downscale_hw, guide, randn
+from .common import Placement, guide, randn
+from .images import grow_repaint, match_batch
 
 log = logging.getLogger(__name__)
 
@@ -92,11 +94,15 @@ class PriorState:
     num_steps: int
 
 
+def steps_run(steps: int, strength: float = 1.0) -> int:
+    """How many of `steps` an img2img-style run at `strength` takes (diffusers' get_timesteps)."""
+    return min(int(steps * strength), steps)
+
+
 def schedule(scheduler: Any, steps: int, device: torch.device, strength: float = 1.0) -> torch.Tensor:
     """The timesteps to run: the last `int(steps * strength)` of a `steps`-step schedule (img2img)."""
     scheduler.set_timesteps(steps, device=device)
-    start = steps - min(int(steps * strength), steps)
-    return scheduler.timesteps[start:]
+    return scheduler.timesteps[steps - steps_run(steps, strength) :]
 
 
 def prior_loop(
@@ -139,6 +145,7 @@ def prior_loop(
         s.i, s.t = i, t
         yield s
     s.latents = prior.post_process_latents(s.latents)
+    return s.latents
 
 
 # -------------------------------------------------------------------------------------------- decoder
@@ -229,6 +236,7 @@ def decoder_loop(
         yield s
     if inpaint is not None:
         s.latents = inpaint.keep * inpaint.known + (1 - inpaint.keep) * s.latents
+    return s.latents
 
 
 def _reinject(scheduler: Any, inp: Inpaint, latents: torch.Tensor, t_next: int | None) -> torch.Tensor:
@@ -278,140 +286,58 @@ def decode(movq: Any, latents: torch.Tensor, placement: Placement | None = None)
     return movq.decode(latents.to(movq.dtype), force_not_quantize=True).sample
 
 
-# ------------------------------------------------------------------------------------ whole requests
+def decoder_job(
+    unet: Any,
+    scheduler: Any,
+    movq: Any,
+    image_embeds: torch.Tensor,
+    negative_image_embeds: torch.Tensor,
+    n: int,
+    size: tuple[int, int],
+    steps: int,
+    guidance_scale: float,
+    generator: Generator,
+    device: torch.device,
+    placement: Placement | None = None,
+    *,
+    strength: float = 1.0,
+    image: torch.Tensor | None = None,
+    keep: torch.Tensor | None = None,
+    hint: torch.Tensor | None = None,
+    latents: torch.Tensor | None = None,
+) -> Iterator[DecoderState]:
+    """Every 2.2 decoder task as one generator; returns (StopIteration.value) the final latents.
 
-
-PRIOR_PARTS = ("prior", "image_encoder", "text_encoder", "tokenizer", "scheduler", "image_processor")
-DECODER_PARTS = ("unet", "scheduler", "movq")
-
-
-@dataclass
-class K22Models:
-    """Everything a Kandinsky 2.2 text-to-image request needs, loaded once."""
-
-    prior: Any
-    image_encoder: Any
-    text_encoder: Any
-    tokenizer: Any
-    prior_scheduler: Any
-    image_processor: Any
-    unet: Any
-    scheduler: Any
-    movq: Any
-    placement: Placement
-
-    @classmethod
-    def load(cls, decoder: str, prior: str, torch_dtype: torch.dtype | None = None, variant: str | None = None,
-             **hub: Any) -> K22Models:  # fmt: skip
-        """Load the decoder and prior repos (folders or hub ids) named by a `ModelSpec` or the user."""
-        from ..loading.hub import resolve_repo_dir
-        from ..loading.pipeline import load_components, read_model_index
-
-        parts = {}
-        for repo, names in ((prior, PRIOR_PARTS), (decoder, DECODER_PARTS)):
-            root = resolve_repo_dir(repo, variant=variant, **hub)
-            loaded = load_components(root, read_model_index(root), list(names), {}, torch_dtype=torch_dtype,
-                                     variant=variant)  # fmt: skip
-            if repo == prior:
-                loaded["prior_scheduler"] = loaded.pop("scheduler")
-            parts.update(loaded)
-        return cls(**parts, placement=Placement())
-
-    def modules(self) -> list[torch.nn.Module]:
-        names = ("text_encoder", "image_encoder", "prior", "unet", "movq")
-        return [getattr(self, n) for n in names]
-
-    def to(self, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> K22Models:
-        for m in self.modules():
-            m.to(device=device, dtype=dtype)
-        return self
-
-    @property
-    def device(self) -> torch.device:
-        return self.placement.execution_device(self.modules())
-
-
-@dataclass
-class Progress:
-    stage: str  # "prior" or "decoder"
-    step: int  # 1-based
-    total: int
-    image: int  # index of the image being made
-    num_images: int
-
-
-@dataclass
-class Result:
-    images: list  # PIL images
-    seeds: list[int]
-
-
-def _seeds(seed: int | None, n: int) -> list[int]:
-    if seed is None:
-        seed = int(torch.randint(0, 2**31 - 1, (1,)).item())
-    return [seed + i for i in range(n)]
-
-
-@torch.no_grad()
-def text_to_image(m: K22Models, opts: Any) -> Iterator[Progress | Result]:
-    """Images for `opts` (a GenerationOptions), one at a time with seed, seed+1, ... each.
-
-    Each image is exactly what `KandinskyV22CombinedPipeline` makes with
-    `generator=torch.Generator().manual_seed(seed_i)`, so any one can be regenerated alone.
+    `image_embeds` / `negative_image_embeds` (B, D) are one per prompt, each made into `n` images of
+    `size` (H, W; multiples of the UNet's 64 px). Text to image without `image`; img2img with `image`
+    ((B or 1, 3, H, W) in [-1, 1]) and `strength`; inpainting adds `keep` ((B or 1, 1, H, W), 1 = keep);
+    ControlNet adds `hint` ((B or 1, 3, H, W) in [0, 1]). Random draws follow diffusers' order.
     """
-    from .common import to_output
-
-    device = m.device
-    seeds = _seeds(opts.seed, opts.num_images)
-    scheduler = _decoder_scheduler(m.scheduler, opts.scheduler)
-    images = []
-    for k, seed in enumerate(seeds):
-        g = torch.Generator().manual_seed(seed)
-        emb, neg = None, None
-        for s in _prior(m, opts, g, device):
-            if isinstance(s, PriorState):
-                yield Progress("prior", s.i + 1, s.num_steps, k, len(seeds))
-            else:
-                emb, neg = s
-        sf = 2 ** (len(m.movq.config.block_out_channels) - 1)
-        lh, lw = downscale_hw(opts.height, opts.width, sf)
-        x = initial_latents((1, m.unet.config.in_channels, lh, lw), g, device, m.unet.dtype, None,
-                            scheduler.init_noise_sigma)  # fmt: skip
-        ts = schedule(scheduler, opts.steps, device)
-        loop = decoder_loop(m.unet, scheduler, ts, emb, neg, x, opts.guidance_scale, g, m.placement)
-        for s in loop:
-            yield Progress("decoder", s.i + 1, s.num_steps, k, len(seeds))
-        images += to_output(decode(m.movq, s.latents, m.placement), "pil")
-        m.placement.release()
-    yield Result(images, seeds)
-
-
-def _prior(m: K22Models, opts: Any, g: torch.Generator, device: torch.device) -> Iterator[Any]:
-    """The prior of one image: yields its states, then (image_embeds, negative_image_embeds)."""
-    texts = [opts.prompt] + ([opts.negative_prompt] if opts.negative_prompt is not None else [])
-    uncond = [opts.negative_prompt] * 2 if opts.negative_prompt is not None else None
-    guided = opts.prior_guidance_scale > 1
-    m.placement.use(m.text_encoder)
-    cond = encode_prior_text(m.tokenizer, m.text_encoder, texts, uncond, 1, guided, device)
-    x = initial_latents((len(texts), m.prior.config.embedding_dim), g, device, cond.prompt_embeds.dtype, None,
-                        m.prior_scheduler.init_noise_sigma)  # fmt: skip
-    ts = schedule(m.prior_scheduler, opts.prior_steps, device)
-    loop = prior_loop(m.prior, m.prior_scheduler, ts, cond, x, opts.prior_guidance_scale, g, m.placement)
-    for s in loop:
-        yield s
-    if opts.negative_prompt is None:
-        m.placement.use(m.image_encoder)
-        yield s.latents, zero_image_embed(m.image_encoder, device).to(s.latents.dtype)
+    b = image_embeds.shape[0]
+    sf = 2 ** (len(movq.config.block_out_channels) - 1)
+    shape = (b * n, movq.config.latent_channels, size[0] // sf, size[1] // sf)
+    per_latent = lambda x, name: x if x.shape[0] == 1 else match_batch(x, b, name).repeat_interleave(n, dim=0)  # noqa: E731
+    sigma, dtype = scheduler.init_noise_sigma, unet.dtype
+    inpaint = None
+    if keep is not None:
+        known = encode(movq, image.to(device), placement)
+        grown = grow_repaint(F.interpolate(keep.to(device, known.dtype), known.shape[-2:], mode="nearest"))
+        known, grown = per_latent(known, "image"), per_latent(grown, "mask")
+        ts = schedule(scheduler, steps, device, strength)
+        x = initial_latents(shape, generator, device, dtype, latents, sigma)
+        noise = x.clone()
+        if strength < 1:  # start from the image noised to the first step (as img2img), or the image itself
+            x = scheduler.add_noise(known, noise, ts[:1].repeat(shape[0])) if len(ts) else known.expand(shape)
+        inpaint = Inpaint(known.to(x.dtype), grown.to(x.dtype), noise)
+    elif image is not None:
+        x0 = match_batch(encode(movq, image.to(device), placement), b, "image").repeat_interleave(n, dim=0)
+        ts = schedule(scheduler, steps, device, strength)
+        x = noised_latents(scheduler, x0, ts, generator)[0] if len(ts) else x0
     else:
-        yield s.latents.chunk(2)
-
-
-def _decoder_scheduler(default: Any, name: str | None) -> Any:
-    if name is None:
-        return default
-    from .. import schedulers
-
-    classes = {"ddpm": schedulers.DDPMScheduler, "ddim": schedulers.DDIMScheduler}
-    if name.lower() not in classes:
-        raise ValueError(f"unknown scheduler {name!r}; choose one of {sorted(classes)}")
-    return classes[name.lower()].from_config(default.config)
+        ts = schedule(scheduler, steps, device)
+        x = initial_latents(shape, generator, device, dtype, latents, sigma)
+    if hint is not None:
+        hint = match_batch(hint, b, "hint").repeat_interleave(n, dim=0)
+    emb, neg = image_embeds.repeat_interleave(n, dim=0), negative_image_embeds.repeat_interleave(n, dim=0)
+    loop = decoder_loop(unet, scheduler, ts, emb, neg, x, guidance_scale, generator, placement, hint, inpaint)
+    return (yield from loop) if len(ts) else x
