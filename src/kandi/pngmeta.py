@@ -2,7 +2,8 @@
 
 `parameters` is what A1111, SD.Next, Civitai and PNG-info readers show: the prompt, a `Negative prompt:`
 line when there is one, then one line of `key: value` pairs (A1111 `create_infotext`). The `kandi`
-chunk holds every option as JSON, so `kandi generate --from-png` can rebuild the request exactly.
+chunk holds every option as JSON (and the command, and each input file's path and SHA-256), so
+`kandi COMMAND --from-png` can rebuild the request exactly.
 PIL is imported inside the functions, so importing this module (the CLI does) stays free.
 """
 
@@ -26,8 +27,18 @@ def quote(value: Any) -> str:
     return json.dumps(text, ensure_ascii=False)
 
 
-def format_parameters(opts: dict[str, Any], *, sampler: str, size: tuple[int, int], version: str) -> str:
-    """The A1111 `parameters` text of one image: `opts` holds its GenerationOptions fields and own seed."""
+def format_parameters(
+    opts: dict[str, Any],
+    *,
+    sampler: str,
+    size: tuple[int, int],
+    version: str,
+    extra: dict[str, Any] | None = None,
+) -> str:
+    """The A1111 `parameters` text of one image: `opts` holds its GenerationOptions fields and own seed.
+
+    `extra` fields (e.g. img2img's `Denoising strength`) go before `Version`, which A1111 writes last.
+    """
     fields = {
         "Steps": opts["steps"],
         "Sampler": sampler,
@@ -37,6 +48,7 @@ def format_parameters(opts: dict[str, Any], *, sampler: str, size: tuple[int, in
         "Model": opts["model"],
         "Prior steps": opts["prior_steps"],
         "Prior CFG scale": float(opts["prior_guidance_scale"]),
+        **(extra or {}),
         "Version": f"kandi {version}",
     }
     line = ", ".join(f"{k}: {quote(v)}" for k, v in fields.items())
@@ -105,7 +117,7 @@ def read_png_text(path: str | os.PathLike) -> dict[str, str]:
 
 
 def read_png_options(path: str | os.PathLike) -> dict[str, Any]:
-    """The kandi JSON chunk of a PNG written by `kandi generate`: {"options": {...}, "repos": {...}, ...}."""
+    """The kandi JSON chunk of a PNG written by kandi: {"options": {...}, "repos": {...}, ...}."""
     text = read_png_text(path).get(KANDI_KEY)
     if text is None:
         raise ValueError(f"{path} has no kandi metadata")
