@@ -337,7 +337,7 @@ BAD = [
     ("img2img", {"strength": 1.5}, ValueError, "strength"),
     ("img2img", {"strength": -0.1}, ValueError, "strength"),
     ("img2img", {"image": None}, ValueError, "image"),
-    ("img2img", {"image": "/no/such/file.png"}, ValueError, "no such file"),
+    ("img2img", {"image": "/no/such/file.png"}, ValueError, "not found"),
     ("img2img", {"image": 42}, TypeError, "image"),
     ("inpaint", {"mask_image": None}, ValueError, "mask_image"),
     ("inpaint", {"image": None}, ValueError, "image"),

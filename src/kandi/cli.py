@@ -1,8 +1,10 @@
-"""The `kandi` command line: `kandi generate "a red cat"`, `kandi download`.
+"""The `kandi` command line: `kandi generate "a red cat"`, `kandi download`, and (in `cli_edit`) the
+image editing commands `img2img`, `inpaint`, `mix` and `controlnet`.
 
 A thin shell over the generation core: each command checks its arguments, builds `GenerationOptions` and
-calls `kandi.pipelines`. torch, transformers and the pipelines are imported inside the commands, so
-`kandi --help` answers at once. Every user error ends as one line on stderr (see `main`).
+a `Task` (which `kandi.pipelines.k22_tasks` function draws, with which inputs), and `run_task` does the
+rest. torch, transformers and the pipelines are imported inside the commands, so `kandi --help` answers
+at once. Every user error ends as one line on stderr (see `main`).
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ import sys
 import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple, NoReturn
 
@@ -70,6 +72,8 @@ def _number(conv: Callable[[str], Any], ok: Callable[[Any], bool], what: str) ->
 
 positive_int = _number(int, lambda v: v >= 1, "a positive integer")
 finite_float = _number(float, math.isfinite, "a finite number")
+unit_float = _number(float, lambda v: 0 <= v <= 1, "a number from 0 to 1")
+pixels_int = _number(int, lambda v: v >= 0, "a whole number of pixels >= 0")
 seed_int = _number(int, lambda v: -1 <= v <= MAX_SEED, f"an integer from 0 to {MAX_SEED}, or -1 for random")
 # the numeric GenerationOptions fields, checked the same way whether typed or read from a PNG
 NUMBERS = {
@@ -103,8 +107,15 @@ GENERATE_EXAMPLES = """examples:
 
 
 def add_generate_args(p: argparse.ArgumentParser) -> None:
-    d = REGISTRY[DEFAULT_MODEL]
     p.add_argument("prompt", nargs="?", metavar="PROMPT", help="what to draw (optional with --from-png)")
+    add_common_args(p)
+
+
+def add_common_args(p: argparse.ArgumentParser, size_from: str | None = None) -> None:
+    """generate's options, which every drawing command takes; `size_from`: the input whose size is the
+    default width and height (rounded to multiples of 64), instead of the model's."""
+    d = REGISTRY[DEFAULT_MODEL]
+    size = f"{size_from}'s, rounded to the nearest multiple of 64" if size_from else d.default_size
     p.add_argument("-n", "--negative-prompt", metavar="TEXT", help="what not to draw")
     p.add_argument(
         "-m",
@@ -115,12 +126,8 @@ def add_generate_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--prior", metavar="REPO", help="the prior's Hugging Face id or folder (default: the model's)"
     )
-    p.add_argument(
-        "-W", "--width", type=positive_int, help=f"image width in pixels (default {d.default_size})"
-    )
-    p.add_argument(
-        "-H", "--height", type=positive_int, help=f"image height in pixels (default {d.default_size})"
-    )
+    p.add_argument("-W", "--width", type=positive_int, help=f"image width in pixels (default {size})")
+    p.add_argument("-H", "--height", type=positive_int, help=f"image height in pixels (default {size})")
     p.add_argument(
         "--steps", type=positive_int, metavar="N", help=f"decoder steps (default {d.default_steps})"
     )
@@ -164,10 +171,38 @@ def add_generate_args(p: argparse.ArgumentParser) -> None:
 
 
 def generate(args: argparse.Namespace) -> int:
-    """Text to image: check everything, load the models, then write each image as soon as it is made."""
-    recorded = read_png_options(args.from_png) if args.from_png else None
-    model = _choose_model(args.model, args.prior, recorded)
-    opts = _options(args, model, recorded)
+    """Text to image."""
+    return run_task(args, lambda args, recorded: Task("text_to_image"))
+
+
+@dataclass
+class Task:
+    """What a drawing command asks of `kandi.pipelines.k22_tasks`, beyond the options all commands share."""
+
+    name: str  # the k22_tasks function, called as name(models, opts, **kwargs)
+    kwargs: dict[str, Any] = field(default_factory=dict)  # its inputs (images opened, options checked)
+    role: str = "decoder"  # which of the model's decoders: "decoder", "inpaint" or "controlnet"
+    inputs: dict[str, dict[str, str]] = field(default_factory=dict)  # input files: {"path", "sha256"} each
+    size: tuple[int, int] | None = None  # default (width, height) instead of the model's
+    fixed: dict[str, Any] = field(default_factory=dict)  # options the command sets, over all others
+    fields: dict[str, Any] = field(default_factory=dict)  # more A1111 fields, e.g. Denoising strength
+    prior_runs: int = 1  # prior runs per image, and the share of decoder steps run: for progress bars
+    strength: float = 1.0
+
+
+Plan = Callable[[argparse.Namespace, dict[str, Any] | None], Task]
+
+
+def run_task(args: argparse.Namespace, plan: Plan) -> int:
+    """Every drawing command: check everything, load the models, then write each image as soon as it is made.
+
+    `plan(args, recorded)` checks the command's own arguments and opens its input files (before any model
+    work); `recorded` is the --from-png metadata, or None.
+    """
+    recorded = _recorded(args.from_png, args.command)
+    task = plan(args, recorded)
+    model = _choose_model(args.model, args.prior, recorded, task.role)
+    opts = _options(args, model, recorded, task)
     seeds = [opts.seed + i for i in range(opts.num_images)]
     targets = _output_targets(args.output, seeds)
     device, dtype = _runtime(args.device, args.dtype, recorded)
@@ -175,22 +210,35 @@ def generate(args: argparse.Namespace) -> int:
     show_progress = not args.quiet and sys.stderr.isatty()
     model, models = _load(model, device, dtype, variant, args.offline, show_progress)
     info = {
+        "command": args.command,
+        **({"inputs": task.inputs} if task.inputs else {}),
         "repos": {"decoder": model.decoder, "prior": model.prior},
         "variant": variant,
         "device": device.type,
         "dtype": str(dtype).removeprefix("torch."),
         "sampler": _sampler(models, opts.scheduler),
     }
-    for (seed, image), target in zip(_images(models, opts, seeds, show_progress), targets):
+    for (seed, image), target in zip(_images(models, opts, seeds, task, show_progress), targets):
         if seed == seeds[0] and image.size != (opts.width, opts.height):
             w, h = image.size
             print(
                 f"warning: {opts.width}x{opts.height} is rounded up to {w}x{h}, a size the model makes",
                 file=sys.stderr,
             )
-        path = _write_new(target, image, replace(opts, seed=seed, num_images=1), info)
+        path = _write_new(target, image, replace(opts, seed=seed, num_images=1), info, task.fields)
         print(f"{path}  seed {seed}", flush=True)
     return 0
+
+
+def _recorded(png: str | None, command: str) -> dict[str, Any] | None:
+    """The --from-png metadata, which must come from the same command (an inpainting is no text to image)."""
+    if not png:
+        return None
+    recorded = read_png_options(png)
+    made_by = recorded.get("command", "generate")
+    if made_by != command:
+        raise UsageError(f"{png} was made by `kandi {made_by}`: run `kandi {made_by} --from-png {png}`")
+    return recorded
 
 
 @dataclass(frozen=True)
@@ -208,7 +256,10 @@ def _registered(name: str) -> ModelSpec | None:
         return None
 
 
-def _choose_model(name: str | None, prior: str | None, recorded: dict[str, Any] | None) -> _Model:
+def _choose_model(
+    name: str | None, prior: str | None, recorded: dict[str, Any] | None, role: str = "decoder"
+) -> _Model:
+    """The model and its repos; for a registered model, its `role` decoder (decoder, inpaint, controlnet)."""
     if name is None and recorded is not None:
         label, repos = recorded["options"].get("model") or DEFAULT_MODEL, recorded.get("repos") or {}
         if repos.get("decoder"):
@@ -217,7 +268,10 @@ def _choose_model(name: str | None, prior: str | None, recorded: dict[str, Any] 
     name = name or DEFAULT_MODEL
     spec = _registered(name)
     if spec is not None:
-        return _Model(spec.name, spec.decoder_repo, prior or spec.prior_repo, spec)
+        decoder = getattr(spec, f"{role}_repo")
+        if decoder is None:
+            raise UsageError(f"{spec.name} has no {role} decoder: name one with -m REPO")
+        return _Model(spec.name, decoder, prior or spec.prior_repo, spec)
     folder = Path(name).expanduser()
     if folder.is_dir():
         return _Model(folder.resolve().name, str(folder.resolve()), prior, None)
@@ -231,8 +285,11 @@ def _choose_model(name: str | None, prior: str | None, recorded: dict[str, Any] 
     return _Model(name, name, prior, None)
 
 
-def _options(args: argparse.Namespace, model: _Model, recorded: dict[str, Any] | None) -> GenerationOptions:
-    """Defaults (the model's, or the PNG's options), overridden by whatever was given on the command line."""
+def _options(
+    args: argparse.Namespace, model: _Model, recorded: dict[str, Any] | None, task: Task
+) -> GenerationOptions:
+    """Defaults (the model's and the task's, or the PNG's options), overridden by whatever was given on the
+    command line, and then by what the task fixes (its extra options, e.g. strength)."""
     if recorded is not None:
         d = dict(recorded["options"], num_images=1)
     else:
@@ -245,8 +302,10 @@ def _options(args: argparse.Namespace, model: _Model, recorded: dict[str, Any] |
             "prior_steps": s.default_prior_steps,
             "prior_guidance_scale": s.default_prior_guidance,
         }
-    d.update({k: getattr(args, k) for k in OPTION_ARGS if getattr(args, k) is not None})
-    d["model"] = model.label
+        if task.size is not None:
+            d["width"], d["height"] = task.size
+    d.update({k: getattr(args, k) for k in OPTION_ARGS if getattr(args, k, None) is not None})
+    d.update(task.fixed, model=model.label)
     if d.get("prompt") is None:
         raise UsageError("a PROMPT is needed (or --from-png FILE)")
     opts = GenerationOptions.from_dict(d)
@@ -340,6 +399,8 @@ def _with_download_hint(e: ModelNotFoundError, spec: ModelSpec | None) -> ModelN
     if spec is not None:
         for repo in (spec.decoder_repo, spec.prior_repo):
             msg = msg.replace(f"kandi download {repo}", f"kandi download {spec.name}")
+        for repo in (spec.inpaint_repo, spec.controlnet_repo):  # only fetched with --all
+            msg = msg.replace(f"kandi download {repo}", f"kandi download {spec.name} --all")
     return ModelNotFoundError(msg)
 
 
@@ -349,16 +410,19 @@ def _sampler(models: K22Models, scheduler: str | None) -> str:
 
 
 def _images(
-    models: K22Models, opts: GenerationOptions, seeds: list[int], show: bool
+    models: K22Models, opts: GenerationOptions, seeds: list[int], task: Task, show: bool
 ) -> Iterator[tuple[int, Any]]:
     """(seed, PIL image) of each image, made one at a time so each is saved as soon as it is done."""
-    from .pipelines.k22_tasks import Result, text_to_image
+    from .pipelines import k22_tasks
+    from .pipelines.k22 import steps_run
 
+    run = getattr(k22_tasks, task.name)
+    total = opts.prior_steps * task.prior_runs + steps_run(opts.steps, task.strength)
     for k, seed in enumerate(seeds):
-        bar = _bar(f"image {k + 1}/{len(seeds)}", opts.prior_steps + opts.steps) if show else None
+        bar = _bar(f"image {k + 1}/{len(seeds)}", total) if show else None
         try:
-            for event in text_to_image(models, replace(opts, seed=seed, num_images=1)):
-                if isinstance(event, Result):
+            for event in run(models, replace(opts, seed=seed, num_images=1), **task.kwargs):
+                if isinstance(event, k22_tasks.Result):
                     image = event.images[0]
                 elif bar is not None:
                     bar.set_postfix_str(event.stage, refresh=False)
@@ -375,9 +439,13 @@ def _bar(desc: str, total: int) -> Any:
     return tqdm(desc=desc, total=total, unit="step", file=sys.stderr, leave=False, dynamic_ncols=True)
 
 
-def _write_new(target: Path, image: Any, opts: GenerationOptions, info: dict[str, Any]) -> Path:
+def _write_new(
+    target: Path, image: Any, opts: GenerationOptions, info: dict[str, Any], fields: dict[str, Any]
+) -> Path:
     """Write one PNG with its metadata at `target`, or at `name-1.png`, `name-2.png`... if that exists."""
-    text = format_parameters(opts.to_dict(), sampler=info["sampler"], size=image.size, version=__version__)
+    text = format_parameters(
+        opts.to_dict(), sampler=info["sampler"], size=image.size, version=__version__, extra=fields
+    )
     data = json.dumps({"version": __version__, "options": opts.to_dict(), **info}, ensure_ascii=False)
     path, k = target, 0
     while True:
@@ -452,11 +520,18 @@ class Command(NamedTuple):
     examples: str = ""
 
 
-# img2img, inpaint, serve and batch go here
+# serve and batch go here; the image editing commands are in cli_edit (see `commands`)
 COMMANDS: dict[str, Command] = {
     "generate": Command(add_generate_args, generate, "make images from a text prompt", GENERATE_EXAMPLES),
     "download": Command(add_download_args, download, "fetch a model's weights for offline use"),
 }
+
+
+def commands() -> dict[str, Command]:
+    """Every subcommand in --help order. cli_edit builds on this module, so it is imported here, late."""
+    from . import cli_edit
+
+    return {"generate": COMMANDS["generate"], **cli_edit.COMMANDS, "download": COMMANDS["download"]}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -468,7 +543,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"kandi {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for name, cmd in COMMANDS.items():
+    for name, cmd in commands().items():
         p = sub.add_parser(
             name,
             help=cmd.help,

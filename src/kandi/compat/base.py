@@ -181,11 +181,8 @@ class DiffusionPipeline:
     def _prepare_run(self) -> torch.device:
         """Execution device for a call; warns once when half precision would run on the CPU."""
         device = self._execution_device
-        if device.type == "cpu" and any(
-            next(m.parameters()).dtype in (torch.float16, torch.bfloat16)
-            for _, m in self._modules()
-            if any(True for _ in m.parameters())
-        ):
+        dtypes = {p.dtype for _, m in self._modules() for p in [next(m.parameters(), None)] if p is not None}
+        if device.type == "cpu" and dtypes & {torch.float16, torch.bfloat16}:
             warn_once(
                 "running float16/bfloat16 weights on the CPU: this works but is about 100x slower than float32 "
                 "(load with torch_dtype=torch.float32 on a machine without a GPU)"

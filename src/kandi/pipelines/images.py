@@ -24,14 +24,12 @@ ImageInput = Any  # PIL image, numpy array, torch tensor, path, or a list of the
 
 
 def open_image(path: str | os.PathLike, name: str = "image") -> PIL.Image.Image:
-    if not os.path.isfile(path):
-        raise ValueError(f"{name}: no such file {str(path)!r}")
+    from ..utils import load_image
+
     try:
-        img = PIL.Image.open(path)
-        img.load()
-    except (PIL.UnidentifiedImageError, OSError) as e:
-        raise ValueError(f"{name}: {str(path)!r} is not a readable image ({e})") from None
-    return img
+        return load_image(path, convert_method=lambda im: im)
+    except ValueError as e:
+        raise ValueError(f"{name}: {e}") from None
 
 
 def to_rgb(img: PIL.Image.Image) -> PIL.Image.Image:
