@@ -186,8 +186,8 @@ class Task:
     size: tuple[int, int] | None = None  # default (width, height) instead of the model's
     fixed: dict[str, Any] = field(default_factory=dict)  # options the command sets, over all others
     fields: dict[str, Any] = field(default_factory=dict)  # more A1111 fields, e.g. Denoising strength
-    prior_runs: int = 1  # prior runs per image, and the share of decoder steps run: for progress bars
-    strength: float = 1.0
+    prior_runs: int = 1  # prior runs per image (mix: one per text and one more), for the progress bar
+    strength: float = 1.0  # the share of the decoder steps run, likewise
 
 
 Plan = Callable[[argparse.Namespace, dict[str, Any] | None], Task]

@@ -49,7 +49,8 @@ def _input(given: str | None, role: str, name: str, recorded: Recorded, png: str
     which must still hold the same bytes; None if neither names one."""
     if given is not None:
         path = Path(given).expanduser().absolute()
-        return Input(path, _sha256(path, name), _open(path, name))
+        image = _open(path, name)
+        return Input(path, _sha256(path, name), image)
     entry = ((recorded or {}).get("inputs") or {}).get(role)
     if entry is None:
         return None
@@ -100,12 +101,6 @@ def _setting(args: argparse.Namespace, key: str, recorded: Recorded, parse: Any,
         return parse(",".join(map(str, value)) if isinstance(value, list) else str(value))
     except argparse.ArgumentTypeError as e:
         raise ValueError(f"{args.from_png}: bad {key} in its kandi metadata: {e}") from None
-
-
-def _strength(args: argparse.Namespace, recorded: Recorded, default: float) -> dict[str, Any]:
-    """The strength setting: the task's `strength`, its extra option and its A1111 field."""
-    s = _setting(args, "strength", recorded, unit_float, default)
-    return {"strength": s}
 
 
 def _add_strength(p: argparse.ArgumentParser, default: float, what: str) -> None:
@@ -228,7 +223,13 @@ def _plan_inpaint(args: argparse.Namespace, recorded: Recorded) -> Task:
     feather = _setting(args, "feather", recorded, pixels_int, 0)
     if feather and not paste:
         raise UsageError("--feather blends the pasted-back pixels: add --paste-back")
-    kwargs = {"image": image.image, "mask": mask.image, "strength": strength, "paste_back": paste, "feather": feather}
+    kwargs = {
+        "image": image.image,
+        "mask": mask.image,
+        "strength": strength,
+        "paste_back": paste,
+        "feather": feather,
+    }
     return _edited("inpaint", strength, kwargs=kwargs, role="inpaint", size=_default_size(image.image),
                    inputs={"image": image.record(), "mask": mask.record()},
                    fixed={"extra": {"paste_back": paste, "feather": feather}})  # fmt: skip
@@ -281,7 +282,9 @@ def _plan_mix(args: argparse.Namespace, recorded: Recorded) -> Task:
             items.append(value)
             record.append({"text": value, "weight": weight})
         else:  # value None: the file the PNG was made from
-            found = _need(_input(value, f"item{k}", f"item {k}", recorded, args.from_png), f"item {k}'s image")
+            found = _need(
+                _input(value, f"item{k}", f"item {k}", recorded, args.from_png), f"item {k}'s image"
+            )
             items.append(found.image)
             inputs[f"item{k}"] = found.record()
             record.append({"image": f"item{k}", "weight": weight})
@@ -373,7 +376,10 @@ def _plan_controlnet(args: argparse.Namespace, recorded: Recorded) -> Task:
 COMMANDS: dict[str, Command] = {
     "img2img": Command(add_img2img_args, img2img, "redraw an image after a text prompt", IMG2IMG_EXAMPLES),
     "inpaint": Command(
-        add_inpaint_args, inpaint, "repaint part of an image (a mask), or extend it (outpaint)", INPAINT_EXAMPLES
+        add_inpaint_args,
+        inpaint,
+        "repaint part of an image (a mask), or extend it (outpaint)",
+        INPAINT_EXAMPLES,
     ),
     "mix": Command(add_mix_args, mix, "make images from a weighted mix of texts and images", MIX_EXAMPLES),
     "controlnet": Command(
