@@ -56,3 +56,32 @@ def offline_hub(monkeypatch, k22_cache) -> Path:
     """Offline mode pointed at `k22_cache` (for this process and for subprocesses via the environment)."""
     tiny.diffusers_to_kandi_env(monkeypatch, k22_cache)
     return k22_cache
+
+
+OFFICIAL_K21 = {
+    "prior": "kandinsky-community/kandinsky-2-1-prior",
+    "decoder": "kandinsky-community/kandinsky-2-1",
+    "inpaint": "kandinsky-community/kandinsky-2-1-inpaint",
+}
+
+
+@pytest.fixture(scope="session")
+def k21_repos(tmp_path_factory) -> dict[str, Path]:
+    """{"prior", "decoder", "inpaint"}: tiny 2.1 repos written by diffusers' save_pretrained (official layout)."""
+    return tiny.save_k21_repos(tmp_path_factory.mktemp("k21"))
+
+
+@pytest.fixture(scope="session")
+def k21_cache(tmp_path_factory, k21_repos) -> Path:
+    """A Hugging Face hub cache (its own, apart from `k22_cache`) holding the tiny repos under the 2.1 ids."""
+    cache = tmp_path_factory.mktemp("hf21") / "hub"
+    for key, repo_id in OFFICIAL_K21.items():
+        tiny.install_in_cache(cache, repo_id, k21_repos[key])
+    return cache
+
+
+@pytest.fixture
+def k21_offline_hub(monkeypatch, k21_cache) -> Path:
+    """Offline mode pointed at `k21_cache` (for this process and for subprocesses via the environment)."""
+    tiny.diffusers_to_kandi_env(monkeypatch, k21_cache)
+    return k21_cache

@@ -155,3 +155,157 @@ def diffusers_to_kandi_env(monkeypatch, cache: Path) -> None:
     monkeypatch.setattr(c, "HF_HUB_CACHE", str(cache))
     monkeypatch.setattr(c, "HF_HUB_OFFLINE", True)
     os.makedirs(cache, exist_ok=True)
+
+
+# ---------------------------------------------------------------- Kandinsky 2.1
+
+K21_DECODER_CARD = (
+    "---\nlicense: apache-2.0\nprior:\n- kandinsky-community/kandinsky-2-1-prior\n---\n# tiny test repo\n"
+)
+XLMR_VOCAB_SIZE = 1000  # ids 0..999; the tiny M-CLIP embedding table has 1005 rows
+# frequent Chinese characters (plus the test prompt's), then frequent Japanese kanji; padded below
+_CJK_COMMON = (
+    "的一是不了人我在有他这为之大来以个中上们到说国和地也子时道出而要于就下得可你年生自会那后能对着事其里所去"
+    "行过家十用发天如然作方成者多日都三小军二无同么经法当起与好看学进种将还分此心前面又定见只主没公从知使点"
+    "全明实已外把高意动些现开样长想正问力理本西头部新门工手期文什两很通最她第因关实东老女色红黄蓝绿白黑紫"
+    "广场泰迪熊猫狗鸟鱼马牛羊花草树林山水火土石金木月星云雨雪风春夏秋冬城市街路车船飞机房屋桥河海湖岛田"
+    "王朋友爱美丽画图像照片城堡宫殿塔楼窗户猫咪太阳光亮暗夜晚早晨午今昨明天空气温冷热雾冰海洋沙漠森林草原"
+    "北南京英法德俄日韩语言字书笔纸桌椅床灯门钟表鞋衣服帽包杯碗盘刀叉食吃喝饭菜肉蛋果汁茶酒奶糖面包蛋糕"
+    "站坐走跑跳唱歌舞读写听笑哭睡醒玩游戏球赛胜败快慢远近深浅宽窄厚薄软硬干湿新旧真假大小多少左右"
+    "彩虹宇宙地球火箭机器人未来古代风景肖像油画水彩素描卡通动漫写实抽象超现实主义艺术家作品"
+)
+_CJK_PUNCT = "，。！？、：；“”‘’（）《》【】…—"
+_XLMR_PUNCT = "!\"#$%&'()*+,-./:;<=>?@[\\]^_`{|}~"
+
+
+def _xlmr_pieces() -> list[str]:
+    lower = "abcdefghijklmnopqrstuvwxyz"
+    ru_lower = "абвгдеёжзийклмнопрстуфхцчшщъыьэюя"
+    arabic = [chr(c) for c in range(0x0621, 0x064B)]  # hamza .. yeh (incl. tatweel)
+    kana = [chr(c) for c in range(0x3041, 0x3094)] + [chr(c) for c in range(0x30A1, 0x30F7)]
+    pieces = ["▁", *lower, *lower.upper(), *"0123456789", *_XLMR_PUNCT]
+    pieces += [*ru_lower, *ru_lower.upper(), *arabic, *_CJK_PUNCT, *kana]
+    pieces += ["▁" + c for c in lower + ru_lower] + ["▁" + c for c in arabic if c.isalpha()]
+    pieces = list(dict.fromkeys([*pieces, *_CJK_COMMON]))
+    budget = XLMR_VOCAB_SIZE - 5  # <s> <pad> </s> <unk> ... <mask>
+    code = 0x4E00
+    while len(pieces) < budget:  # fill with the first unified ideographs (一丁七万丈三上下不与…)
+        if chr(code) not in pieces:
+            pieces.append(chr(code))
+        code += 1
+    return pieces[:budget]
+
+
+def xlmr_tokenizer(folder: Path):
+    """An XLM-RoBERTa tokenizer (Unigram over single characters and "▁x" pieces, 1000 ids), built offline.
+
+    Special tokens as XLM-R: <s>=0 <pad>=1 </s>=2 <unk>=3, <mask> last; post-processor "<s> X </s>";
+    Metaspace pre-tokenizer; model_max_length 512. Saved to `folder` (tokenizer.json, tokenizer_config.json)
+    and loaded back from there.
+    """
+    from tokenizers import AddedToken
+    from transformers import XLMRobertaTokenizerFast
+
+    # "▁x" scores above "▁" + "x", single characters all alike
+    vocab = [("<s>", 0.0), ("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0)]
+    vocab += [(p, -2.0 if p == "▁" else -6.0 if p.startswith("▁") else -5.0) for p in _xlmr_pieces()]
+    vocab.append(("<mask>", 0.0))
+    tok = XLMRobertaTokenizerFast(
+        vocab=vocab,
+        mask_token=AddedToken("<mask>", lstrip=True, rstrip=False, normalized=True, special=True),
+        model_max_length=512,
+    )
+    folder.mkdir(parents=True, exist_ok=True)
+    tok.save_pretrained(folder)
+    # not the reloaded copy: transformers 5 would write its loading kwargs (is_local, ...) into every re-save
+    return tok
+
+
+def mclip_text_encoder(seed: int = 0):
+    """diffusers' MultilingualCLIP with the tiny M-CLIP config (XLM-R 32 wide, 5 layers, vocab 1005; 32 -> 32)."""
+    from diffusers.pipelines.kandinsky.text_encoder import MCLIPConfig, MultilingualCLIP
+
+    torch.manual_seed(seed)
+    model = MultilingualCLIP(MCLIPConfig(**tiny_kwargs("tiny-k21", "text_encoder")))
+    _jitter(model)
+    return model.eval()
+
+
+def _official_config(name: str) -> dict:
+    return json.loads((CONFIGS / f"{name}.json").read_text())
+
+
+def k21_decoder_components(
+    workdir: Path, seed: int = 0, config: str = "tiny-k21", scheduler: str = "ddim"
+) -> dict:
+    """text_encoder, tokenizer, unet, scheduler, movq for KandinskyPipeline / Img2Img / Inpaint (by `config`).
+
+    scheduler: "ddim" = the official repo's DDIMScheduler config, "ddpm" = the official ddpm_scheduler
+    subfolder config, "tiny" = the DDIM kwargs of diffusers' tests (`config`'s own).
+    """
+    import diffusers
+
+    torch.manual_seed(seed)
+    unet = diffusers.UNet2DConditionModel(**tiny_kwargs(config, "unet"))
+    movq = diffusers.VQModel(**tiny_kwargs(config, "movq"))
+    _jitter(unet)
+    _jitter(movq, 0.02)
+    if scheduler == "ddim":
+        name = "k21-inpaint.scheduler" if "inpaint" in config else "k21.scheduler"
+        sched = diffusers.DDIMScheduler.from_config(_official_config(name))
+    elif scheduler == "ddpm":
+        sched = diffusers.DDPMScheduler.from_config(_official_config("k21.ddpm_scheduler"))
+    elif scheduler == "tiny":
+        sched = diffusers.DDIMScheduler(**tiny_kwargs(config, "scheduler"))
+    else:
+        raise ValueError(f"unknown scheduler {scheduler!r}")
+    return {
+        "text_encoder": mclip_text_encoder(seed + 100),
+        "tokenizer": xlmr_tokenizer(workdir / "xlmr_vocab"),
+        "unet": unet.eval(),
+        "scheduler": sched,
+        "movq": movq.eval(),
+    }
+
+
+def k21_prior_components(workdir: Path, seed: int = 0) -> dict:
+    """The tiny 2.1 prior: diffusers' 2.1 prior test dummies are the 2.2 ones, so these are too."""
+    k21 = json.loads((CONFIGS / "tiny-k21-prior.json").read_text())["components"]
+    k22 = json.loads((CONFIGS / "tiny-k22-prior.json").read_text())["components"]
+    assert k21 == k22, "tiny-k21-prior.json no longer matches tiny-k22-prior.json"
+    return k22_prior_components(workdir, seed)
+
+
+def save_k21_repos(root: Path) -> dict[str, Path]:
+    """diffusers-saved 2.1 repos laid out like the official ones.
+
+    "prior" (KandinskyPriorPipeline), "decoder" (KandinskyPipeline, plus the official ddpm_scheduler/
+    subfolder and a model card naming its prior), "inpaint" (KandinskyInpaintPipeline, 9-channel UNet, its
+    model_index.json saying "KandinskyPipeline" as the official one does).
+    """
+    import diffusers
+
+    prior = diffusers.KandinskyPriorPipeline(**k21_prior_components(root))
+    decoder = diffusers.KandinskyPipeline(**k21_decoder_components(root))
+    inpaint = diffusers.KandinskyInpaintPipeline(**k21_decoder_components(root, 1, "tiny-k21-inpaint"))
+    paths = {"prior": root / "k21-prior", "decoder": root / "k21", "inpaint": root / "k21-inpaint"}
+    prior.save_pretrained(paths["prior"])
+    decoder.save_pretrained(paths["decoder"])
+    inpaint.save_pretrained(paths["inpaint"])
+    ddpm = paths["decoder"] / "ddpm_scheduler"
+    ddpm.mkdir()
+    shutil.copyfile(CONFIGS / "k21.ddpm_scheduler.json", ddpm / "scheduler_config.json")
+    for key, name in (("decoder", "k21"), ("inpaint", "k21-inpaint")):
+        # the official model_index.json files, verbatim: they name XLMRobertaTokenizerFast (an alias of
+        # XLMRobertaTokenizer in transformers 5, which is what diffusers writes) and, for the inpainting
+        # repo, "_class_name": "KandinskyPipeline"
+        index = paths[key] / "model_index.json"
+        official = _official_config(f"{name}.model_index")
+
+        def parts(d: dict) -> dict:
+            return {k: [v[0], v[1].removesuffix("Fast")] for k, v in d.items() if not k.startswith("_")}
+
+        assert parts(json.loads(index.read_text())) == parts(official), index.read_text()
+        index.write_text(json.dumps(official, indent=2) + "\n")
+        (paths[key] / "README.md").write_text(K21_DECODER_CARD)
+    return paths

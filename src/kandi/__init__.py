@@ -13,6 +13,13 @@ __version__ = "0.1.0"
 _EXPORTS = {
     # diffusers-compatible pipelines
     "DiffusionPipeline": "kandi.compat.base",
+    "KandinskyPriorPipeline": "kandi.compat.kandinsky21",
+    "KandinskyPipeline": "kandi.compat.kandinsky21",
+    "KandinskyImg2ImgPipeline": "kandi.compat.kandinsky21",
+    "KandinskyInpaintPipeline": "kandi.compat.kandinsky21",
+    "KandinskyCombinedPipeline": "kandi.compat.kandinsky21",
+    "KandinskyImg2ImgCombinedPipeline": "kandi.compat.kandinsky21",
+    "KandinskyInpaintCombinedPipeline": "kandi.compat.kandinsky21",
     "KandinskyV22PriorPipeline": "kandi.compat.kandinsky22",
     "KandinskyV22Pipeline": "kandi.compat.kandinsky22",
     "KandinskyV22CombinedPipeline": "kandi.compat.kandinsky22",

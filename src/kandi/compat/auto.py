@@ -17,6 +17,11 @@ from .loader import pipeline_class
 
 # family -> pipeline class name per task (None: the family has no pipeline for that task)
 FAMILIES: dict[str, dict[str, str | None]] = {
+    "kandinsky": {
+        "text2image": "KandinskyCombinedPipeline",
+        "image2image": "KandinskyImg2ImgCombinedPipeline",
+        "inpainting": "KandinskyInpaintCombinedPipeline",
+    },
     "kandinsky22": {
         "text2image": "KandinskyV22CombinedPipeline",
         "image2image": "KandinskyV22Img2ImgCombinedPipeline",
@@ -25,16 +30,12 @@ FAMILIES: dict[str, dict[str, str | None]] = {
 }
 # every class name that identifies a family (decoder and combined pipelines; priors and ControlNet
 # pipelines are not mapped, as in diffusers)
+_TASK_CLASSES = ("{}Pipeline", "{}CombinedPipeline", "{}Img2ImgPipeline", "{}Img2ImgCombinedPipeline",
+                 "{}InpaintPipeline", "{}InpaintCombinedPipeline")  # fmt: skip
 MEMBERS: dict[str, str] = {
-    name: "kandinsky22"
-    for name in (
-        "KandinskyV22Pipeline",
-        "KandinskyV22CombinedPipeline",
-        "KandinskyV22Img2ImgPipeline",
-        "KandinskyV22Img2ImgCombinedPipeline",
-        "KandinskyV22InpaintPipeline",
-        "KandinskyV22InpaintCombinedPipeline",
-    )
+    pattern.format(prefix): family
+    for prefix, family in (("Kandinsky", "kandinsky"), ("KandinskyV22", "kandinsky22"))
+    for pattern in _TASK_CLASSES
 }
 
 

@@ -266,11 +266,14 @@ class KandinskyV22Pipeline(_Guided, DiffusionPipeline):
                 "(wrong checkpoint for this pipeline?)"
             )
 
+    def _image_embed_dim(self) -> int:
+        return self.unet.config.encoder_hid_dim  # 2.2: the image embedding is the UNet's context input
+
     def _check(self, image_embeds, negative_image_embeds, height, width, steps, scale, n, output_type, inputs,
                generator):  # fmt: skip
         """Checks shared by every decoder; returns (embeds, negatives, output size, steps, generator)."""
         self._check_unet()
-        emb, neg = _check_embed_pair(image_embeds, negative_image_embeds, self.unet.config.encoder_hid_dim)
+        emb, neg = _check_embed_pair(image_embeds, negative_image_embeds, self._image_embed_dim())
         h, w = checks.check_size("height", height), checks.check_size("width", width)
         steps = checks.check_steps("num_inference_steps", steps, self.scheduler)
         checks.check_number("guidance_scale", scale)

@@ -34,6 +34,18 @@ def check_strength(value: Any) -> float:
     return s
 
 
+def paste_back_edit(
+    pixels: torch.Tensor, keep: torch.Tensor, b: int, n: int, feather: int
+) -> Callable[[torch.Tensor], torch.Tensor]:
+    """The decoded images with the original pixels put back outside the mask (b prompts x n images)."""
+
+    def edit(decoded: torch.Tensor) -> torch.Tensor:
+        rows = lambda t, name: images.match_batch(t.to(decoded), b, name).repeat_interleave(n, dim=0)  # noqa: E731
+        return images.paste_back(rows(pixels, "image"), decoded, rows(keep, "mask"), feather)
+
+    return edit
+
+
 class KandinskyV22Img2ImgPipeline(KandinskyV22Pipeline):
     """Kandinsky 2.2 decoder starting from an image noised to `strength`."""
 
@@ -120,13 +132,7 @@ class KandinskyV22InpaintPipeline(KandinskyV22Pipeline):
         x = self._denoise(emb, neg, n, size, steps, guidance_scale, generator, callback_on_step_end,
                           callback_on_step_end_tensor_inputs, callback, callback_steps, strength=strength,
                           image=pixels, keep=keep, latents=latents)  # fmt: skip
-        edit = None
-        if paste_back:
-
-            def edit(decoded: torch.Tensor) -> torch.Tensor:
-                rows = lambda t, name: images.match_batch(t.to(decoded), b, name).repeat_interleave(n, dim=0)  # noqa: E731
-                return images.paste_back(rows(pixels, "image"), decoded, rows(keep, "mask"), feather)
-
+        edit = paste_back_edit(pixels, keep, b, n, feather) if paste_back else None
         return self._output(x, output_type, return_dict, edit=edit)
 
 

@@ -24,7 +24,15 @@ log = logging.getLogger(__name__)
 # diffusers pipeline class name -> kandi module holding the class of the same name
 _K22 = "kandi.compat.kandinsky22"
 _K22_EDIT = "kandi.compat.kandinsky22_edit"
+_K21 = "kandi.compat.kandinsky21"
 PIPELINE_MODULES = {
+    "KandinskyPriorPipeline": _K21,
+    "KandinskyPipeline": _K21,
+    "KandinskyImg2ImgPipeline": _K21,
+    "KandinskyInpaintPipeline": _K21,
+    "KandinskyCombinedPipeline": _K21,
+    "KandinskyImg2ImgCombinedPipeline": _K21,
+    "KandinskyInpaintCombinedPipeline": _K21,
     "KandinskyV22PriorPipeline": _K22,
     "KandinskyV22Pipeline": _K22,
     "KandinskyV22CombinedPipeline": _K22,
@@ -38,6 +46,9 @@ PIPELINE_MODULES = {
 }
 # decoder class -> the combined class that also loads its prior ("connected pipeline")
 CONNECTED = {
+    "KandinskyPipeline": "KandinskyCombinedPipeline",
+    "KandinskyImg2ImgPipeline": "KandinskyImg2ImgCombinedPipeline",
+    "KandinskyInpaintPipeline": "KandinskyInpaintCombinedPipeline",
     "KandinskyV22Pipeline": "KandinskyV22CombinedPipeline",
     "KandinskyV22Img2ImgPipeline": "KandinskyV22Img2ImgCombinedPipeline",
     "KandinskyV22InpaintPipeline": "KandinskyV22InpaintCombinedPipeline",

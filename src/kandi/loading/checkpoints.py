@@ -223,22 +223,26 @@ def save_model(
     """Write `config.json` and the weights so that kandi and diffusers both load the folder."""
     out = Path(save_directory)
     out.mkdir(parents=True, exist_ok=True)
-    cfg = {
-        **model.config.to_diffusers(),
-        "_class_name": model.diffusers_name,
-        "_diffusers_version": DIFFUSERS_VERSION,
-    }
+    if hasattr(model, "saved_config"):  # a transformers-format component (M-CLIP)
+        cfg = model.saved_config()
+    else:
+        cfg = {
+            **model.config.to_diffusers(),
+            "_class_name": model.diffusers_name,
+            "_diffusers_version": DIFFUSERS_VERSION,
+        }
     _atomic_write(
         out / "config.json", lambda p: p.write_text(json.dumps(cfg, indent=2, sort_keys=True) + "\n")
     )
     # safetensors wants contiguous CPU tensors (kandi models share no storage between parameters)
     sd = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
     suffix = f".{variant}" if variant else ""
+    stem = getattr(model, "weights_stem", "diffusion_pytorch_model")
     if safe_serialization:
         from safetensors.torch import save_file
 
-        name = f"diffusion_pytorch_model{suffix}.safetensors"
+        name = f"{stem}{suffix}.safetensors"
         _atomic_write(out / name, lambda p: save_file(sd, str(p), metadata={"format": "pt"}))
     else:
-        name = f"diffusion_pytorch_model{suffix}.bin"
+        name = f"{stem}{suffix}.bin"
         _atomic_write(out / name, lambda p: torch.save(sd, str(p)))

@@ -22,6 +22,7 @@ _TRANSFORMERS_OK = re.compile(r"^(CLIP|XLMRoberta|T5|MT5)[A-Za-z]*$")
 def kandi_class(name: str) -> Any | None:
     """kandi's class for a diffusers class name found in model_index.json, or None."""
     from .. import schedulers
+    from ..models.mclip import MCLIP
     from ..models.movq import MoVQ
     from ..models.prior import Prior
     from ..models.unet2 import UNet2
@@ -30,6 +31,7 @@ def kandi_class(name: str) -> Any | None:
         "UNet2DConditionModel": UNet2,
         "VQModel": MoVQ,
         "PriorTransformer": Prior,
+        "MultilingualCLIP": MCLIP,
         "DDPMScheduler": schedulers.DDPMScheduler,
         "DDIMScheduler": schedulers.DDIMScheduler,
         "UnCLIPScheduler": schedulers.UnCLIPScheduler,

@@ -1,4 +1,7 @@
-"""Kandinsky 2.2 generation core: prior (text -> CLIP image embedding) and decoder (embedding -> image).
+"""Kandinsky 2.x generation core: prior (text -> CLIP image embedding) and decoder (embedding -> image).
+
+2.1 and 2.2 share it: the 2.1 decoder also reads the prompt through M-CLIP (`DecoderText`), starts img2img
+from its own noise table and does not re-inject the known region when inpainting (`k21=True`).
 
 The loops are generators yielding a mutable state after every step: callers (the diffusers-compatible
 pipelines, the CLI, the server) show progress, and may replace `state.latents` (diffusers'
@@ -152,6 +155,52 @@ def prior_loop(
 
 
 @dataclass
+class DecoderText:
+    """2.1 decoder text conditioning, one row per latent ([uncond, cond] along the batch when guided)."""
+
+    embeds: torch.Tensor  # (B, D) pooled, projected M-CLIP embedding
+    states: torch.Tensor  # (B, L, hidden) XLM-R hidden states
+
+    def to(self, device: torch.device, dtype: torch.dtype) -> DecoderText:
+        return DecoderText(self.embeds.to(device, dtype), self.states.to(device, dtype))
+
+
+MCLIP_TOKENS = 77  # the 2.1 decoder pads and cuts prompts to 77 XLM-R tokens
+
+
+def _encode_mclip(tokenizer: Any, text_encoder: Any, prompts: list[str], device: torch.device):
+    enc = tokenizer(prompts, padding="max_length", max_length=MCLIP_TOKENS, truncation=True,
+                    return_attention_mask=True, add_special_tokens=True, return_tensors="pt")  # fmt: skip
+    full = tokenizer(prompts, padding="longest", return_tensors="pt").input_ids
+    if full.shape[-1] > MCLIP_TOKENS:
+        cut = tokenizer.batch_decode(full[:, MCLIP_TOKENS - 1 : -1])
+        log.warning(
+            "the 2.1 decoder reads %d tokens: this part of the prompt was cut off: %s", MCLIP_TOKENS, cut
+        )
+    return text_encoder(input_ids=enc.input_ids.to(device), attention_mask=enc.attention_mask.to(device))
+
+
+def encode_decoder_text(
+    tokenizer: Any,
+    text_encoder: Any,
+    prompts: list[str],
+    negative: list[str] | None,
+    n: int,
+    guided: bool,
+    device: torch.device,
+) -> DecoderText:
+    """M-CLIP conditioning for `prompts`, each repeated `n` times; uncond from `negative` (or "")."""
+    embeds, states = (
+        x.repeat_interleave(n, dim=0) for x in _encode_mclip(tokenizer, text_encoder, prompts, device)
+    )
+    if guided:
+        uncond = negative if negative is not None else [""] * len(prompts)
+        u = [x.repeat_interleave(n, dim=0) for x in _encode_mclip(tokenizer, text_encoder, uncond, device)]
+        embeds, states = torch.cat([u[0], embeds]), torch.cat([u[1], states])
+    return DecoderText(embeds, states)
+
+
+@dataclass
 class DecoderState:
     """The decoder loop's state after step `i`; fields named as diffusers' callback tensor inputs."""
 
@@ -174,6 +223,7 @@ class Inpaint:
     known: torch.Tensor  # (B or 1, 4, h, w) latents of the input image
     keep: torch.Tensor  # (B or 1, 1, h, w) 1 = keep, 0 = repaint (already grown by a latent pixel)
     noise: torch.Tensor  # (B, 4, h, w) start noise, reused to noise `known` to each step's level
+    reinject: bool = True  # 2.2 puts the known region back after every step; 2.1 does not
 
 
 def uses_learned_variance(scheduler: Any) -> bool:
@@ -192,8 +242,10 @@ def decoder_loop(
     placement: Placement | None = None,
     hint: torch.Tensor | None = None,
     inpaint: Inpaint | None = None,
+    text: DecoderText | None = None,
 ) -> Iterator[DecoderState]:
-    """Denoise MoVQ latents (B, C, h, w) over timesteps `ts`, conditioned on image embeddings (B, D).
+    """Denoise MoVQ latents (B, C, h, w) over timesteps `ts`, conditioned on image embeddings (B, D)
+    (and, for 2.1, on the prompt's M-CLIP `text`, already laid out like the guided batch).
 
     Unlike diffusers, embeddings and hints are always expanded to the latent batch and cast to the
     UNet's dtype (so guidance_scale <= 1 with several images per prompt works), and inpainting keeps
@@ -206,7 +258,10 @@ def decoder_loop(
     emb = emb.to(device=device, dtype=dtype)
     if hint is not None:
         hint = (torch.cat([hint, hint]) if guided else hint).to(device=device, dtype=dtype)
-    cond, cond_src = unet.condition(emb, hint=hint), emb
+    if text is not None:
+        text = text.to(device, dtype)
+    tkw = {"text_embeds": text.embeds, "text_states": text.states} if text is not None else {}
+    cond, cond_src = unet.condition(emb, hint=hint, **tkw), emb
     ts_host = ts.tolist()  # python ints for the scheduler (no sync); the UNet takes the device tensor
     learned, channels = uses_learned_variance(scheduler), latents.shape[1]
     s = DecoderState(-1, ts[0] if len(ts) else None, latents, emb, negative_image_embeds, len(ts))
@@ -218,7 +273,10 @@ def decoder_loop(
         )
     for i, t in enumerate(ts):
         if s.image_embeds is not cond_src:  # a step callback replaced the embeddings
-            cond, cond_src = unet.condition(s.image_embeds.to(device, dtype), hint=hint), s.image_embeds
+            cond, cond_src = (
+                unet.condition(s.image_embeds.to(device, dtype), hint=hint, **tkw),
+                s.image_embeds,
+            )
         x = torch.cat([s.latents] * 2) if guided else s.latents
         if inpaint is not None:
             x = torch.cat([x, s.masked_image, s.mask_image], dim=1)
@@ -228,13 +286,13 @@ def decoder_loop(
         elif not learned:
             pred = pred[:, :channels]
         s.latents = scheduler.step(pred, ts_host[i], s.latents, generator=generator)[0]
-        if inpaint is not None:
+        if inpaint is not None and inpaint.reinject:
             s.latents = _reinject(
                 scheduler, inpaint, s.latents, ts_host[i + 1] if i + 1 < len(ts_host) else None
             )
         s.i, s.t = i, t
         yield s
-    if inpaint is not None:
+    if inpaint is not None and inpaint.reinject:
         s.latents = inpaint.keep * inpaint.known + (1 - inpaint.keep) * s.latents
     return s.latents
 
@@ -254,6 +312,22 @@ def noised_latents(
     noise = randn(latents.shape, generator=generator, device=latents.device, dtype=latents.dtype)
     t = ts[:1].repeat(latents.shape[0])
     return scheduler.add_noise(latents, noise, t), noise
+
+
+def _k21_alphas_cumprod() -> torch.Tensor:
+    # the original 2.1 repo's q_sample table (linear betas 1e-4..0.02), which diffusers' 2.1 img2img keeps
+    return torch.cumprod(1.0 - torch.linspace(0.0001, 0.02, 1000, dtype=torch.float32), dim=0)
+
+
+def k21_noised_latents(
+    latents: torch.Tensor, strength: float, num_train_timesteps: int, sigma: float, generator: Generator
+) -> torch.Tensor:
+    """2.1 img2img start: the image latents noised at t = int(T * strength) - 2 with the 2.1 table."""
+    latents = latents * sigma
+    noise = randn(latents.shape, generator=generator, device=latents.device, dtype=latents.dtype)
+    t = max(int(num_train_timesteps * strength) - 2, 0)  # diffusers indexes from the end below strength 0.002
+    a = _k21_alphas_cumprod().to(device=latents.device, dtype=latents.dtype)[t]
+    return a**0.5 * latents + (1 - a) ** 0.5 * noise
 
 
 def encode(movq: Any, pixels: torch.Tensor, placement: Placement | None = None) -> torch.Tensor:
@@ -305,13 +379,16 @@ def decoder_job(
     keep: torch.Tensor | None = None,
     hint: torch.Tensor | None = None,
     latents: torch.Tensor | None = None,
+    text: DecoderText | None = None,
+    k21: bool = False,
 ) -> Iterator[DecoderState]:
-    """Every 2.2 decoder task as one generator; returns (StopIteration.value) the final latents.
+    """Every 2.x decoder task as one generator; returns (StopIteration.value) the final latents.
 
     `image_embeds` / `negative_image_embeds` (B, D) are one per prompt, each made into `n` images of
     `size` (H, W; multiples of the UNet's 64 px). Text to image without `image`; img2img with `image`
     ((B or 1, 3, H, W) in [-1, 1]) and `strength`; inpainting adds `keep` ((B or 1, 1, H, W), 1 = keep);
-    ControlNet adds `hint` ((B or 1, 3, H, W) in [0, 1]). Random draws follow diffusers' order.
+    ControlNet adds `hint` ((B or 1, 3, H, W) in [0, 1]). 2.1 passes its prompt's `text` and `k21=True`.
+    Random draws follow diffusers' order.
     """
     b = image_embeds.shape[0]
     sf = 2 ** (len(movq.config.block_out_channels) - 1)
@@ -328,16 +405,23 @@ def decoder_job(
         noise = x.clone()
         if strength < 1:  # start from the image noised to the first step (as img2img), or the image itself
             x = scheduler.add_noise(known, noise, ts[:1].repeat(shape[0])) if len(ts) else known.expand(shape)
-        inpaint = Inpaint(known.to(x.dtype), grown.to(x.dtype), noise)
+        inpaint = Inpaint(known.to(x.dtype), grown.to(x.dtype), noise, reinject=not k21)
     elif image is not None:
         x0 = match_batch(encode(movq, image.to(device), placement), b, "image").repeat_interleave(n, dim=0)
         ts = schedule(scheduler, steps, device, strength)
-        x = noised_latents(scheduler, x0, ts, generator)[0] if len(ts) else x0
+        if not len(ts):
+            x = x0
+        elif k21:
+            x = k21_noised_latents(x0, strength, scheduler.config.num_train_timesteps, sigma, generator)
+        else:
+            x = noised_latents(scheduler, x0, ts, generator)[0]
     else:
         ts = schedule(scheduler, steps, device)
         x = initial_latents(shape, generator, device, dtype, latents, sigma)
     if hint is not None:
         hint = match_batch(hint, b, "hint").repeat_interleave(n, dim=0)
     emb, neg = image_embeds.repeat_interleave(n, dim=0), negative_image_embeds.repeat_interleave(n, dim=0)
-    loop = decoder_loop(unet, scheduler, ts, emb, neg, x, guidance_scale, generator, placement, hint, inpaint)
+    loop = decoder_loop(
+        unet, scheduler, ts, emb, neg, x, guidance_scale, generator, placement, hint, inpaint, text
+    )
     return (yield from loop) if len(ts) else x
