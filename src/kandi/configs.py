@@ -26,6 +26,14 @@ class ModelSpec:
 
 
 REGISTRY: dict[str, ModelSpec] = {
+    "kandinsky-2.1": ModelSpec(
+        name="kandinsky-2.1",
+        family="k21",
+        decoder_repo="kandinsky-community/kandinsky-2-1",
+        prior_repo="kandinsky-community/kandinsky-2-1-prior",
+        inpaint_repo="kandinsky-community/kandinsky-2-1-inpaint",
+        aliases=("2.1", "k21", "kandinsky-2-1", "kandinsky21"),
+    ),
     "kandinsky-2.2": ModelSpec(
         name="kandinsky-2.2",
         family="k22",
@@ -37,6 +45,8 @@ REGISTRY: dict[str, ModelSpec] = {
     ),
 }
 DEFAULT_MODEL = "kandinsky-2.2"
+# repos a short name may stand for, by the role a loader asks for
+ROLES = ("decoder_repo", "prior_repo", "inpaint_repo", "controlnet_repo")
 
 
 def resolve_model(name: str) -> ModelSpec:
@@ -47,6 +57,21 @@ def resolve_model(name: str) -> ModelSpec:
             return spec
     known = ", ".join(sorted(REGISTRY))
     raise ValueError(f"unknown model {name!r}; known models: {known}")
+
+
+def short_name_repo(name: str, role: str = "decoder_repo") -> str | None:
+    """The official repo a short model name (`kandinsky-2.1`, `2.2`, ...) stands for in `role`, else None.
+
+    A prior pipeline asks for the prior repo, an inpainting one for the inpainting repo; a model without
+    such a repo falls back to its main (decoder) repo.
+    """
+    if "/" in name:
+        return None
+    key = name.strip().lower()
+    for spec in REGISTRY.values():
+        if key == spec.name or key in spec.aliases:
+            return getattr(spec, role, None) or spec.decoder_repo
+    return None
 
 
 @dataclass

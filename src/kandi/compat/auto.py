@@ -65,7 +65,8 @@ class _AutoPipeline:
     @classmethod
     def from_pretrained(cls, pretrained_model_or_path: str | os.PathLike, **kwargs: Any) -> DiffusionPipeline:
         hub = {k: kwargs[k] for k in ("revision", "cache_dir", "local_files_only", "token") if k in kwargs}
-        root = resolve_repo_dir(pretrained_model_or_path, variant=kwargs.get("variant"), **hub)
+        role = "inpaint_repo" if cls._task == "inpainting" else "decoder_repo"
+        root = resolve_repo_dir(pretrained_model_or_path, variant=kwargs.get("variant"), role=role, **hub)
         try:
             index = read_model_index(root)
         except CheckpointError as e:

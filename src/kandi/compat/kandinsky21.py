@@ -194,6 +194,8 @@ class KandinskyImg2ImgPipeline(_K21Decoder):
 class KandinskyInpaintPipeline(_K21Decoder):
     """Kandinsky 2.1 inpainting: white (1) in `mask_image` is repainted, black (0) kept."""
 
+    _repo_role = "inpaint_repo"  # the repo a short model name stands for
+
     _unet_kind = ("text_image", 9)
 
     @torch.no_grad()
@@ -396,6 +398,8 @@ class KandinskyImg2ImgCombinedPipeline(KandinskyCombinedPipeline):
 
 class KandinskyInpaintCombinedPipeline(KandinskyCombinedPipeline):
     """Prompt + image + mask -> images with the 2.1 models (what AutoPipelineForInpainting gives)."""
+
+    _repo_role = "inpaint_repo"  # the repo a short model name stands for
 
     model_cpu_offload_seq = "prior_text_encoder->prior_image_encoder->prior_prior->text_encoder->unet->movq"
 

@@ -66,6 +66,8 @@ class _Guided:
 class KandinskyV22PriorPipeline(_Guided, DiffusionPipeline):
     """Text (or images) to CLIP image embeddings for the Kandinsky 2.2 decoder."""
 
+    _repo_role = "prior_repo"  # the repo a short model name stands for
+
     _components = ("prior", "image_encoder", "text_encoder", "tokenizer", "scheduler", "image_processor")
     model_cpu_offload_seq = "text_encoder->image_encoder->prior"
     _exclude_from_cpu_offload = ("prior",)

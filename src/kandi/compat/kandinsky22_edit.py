@@ -84,6 +84,8 @@ class KandinskyV22Img2ImgPipeline(KandinskyV22Pipeline):
 class KandinskyV22InpaintPipeline(KandinskyV22Pipeline):
     """Kandinsky 2.2 inpainting: white (1) in `mask_image` is repainted, black (0) kept."""
 
+    _repo_role = "inpaint_repo"  # the repo a short model name stands for
+
     _unet_kind = ("image", 9)
     _callback_tensor_inputs = (
         "latents",
@@ -139,6 +141,8 @@ class KandinskyV22InpaintPipeline(KandinskyV22Pipeline):
 class KandinskyV22ControlnetPipeline(KandinskyV22Pipeline):
     """Kandinsky 2.2 with a ControlNet hint (e.g. a depth map) steering the layout."""
 
+    _repo_role = "controlnet_repo"  # the repo a short model name stands for
+
     _unet_kind = ("image_hint", 8)
     _output_types = ("pil", "np", "pt")
     _callback_tensor_inputs = ()
@@ -177,6 +181,8 @@ class KandinskyV22ControlnetPipeline(KandinskyV22Pipeline):
 
 class KandinskyV22ControlnetImg2ImgPipeline(KandinskyV22Pipeline):
     """ControlNet hint plus an init image noised to `strength`."""
+
+    _repo_role = "controlnet_repo"  # the repo a short model name stands for
 
     _unet_kind = ("image_hint", 8)
     _output_types = ("pil", "np", "pt")
@@ -385,6 +391,8 @@ class KandinskyV22Img2ImgCombinedPipeline(KandinskyV22CombinedPipeline):
 
 class KandinskyV22InpaintCombinedPipeline(KandinskyV22CombinedPipeline):
     """Prompt + image + mask -> images (what AutoPipelineForInpainting gives for 2.2)."""
+
+    _repo_role = "inpaint_repo"  # the repo a short model name stands for
 
     @staticmethod
     def _decoder_class() -> type:

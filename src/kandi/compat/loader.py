@@ -88,7 +88,9 @@ def load_pipeline(cls: type, name_or_path: str | os.PathLike, kwargs: dict[str, 
     if dtype is not None and not isinstance(dtype, torch.dtype):
         raise TypeError(f"torch_dtype must be a torch.dtype such as torch.float16, got {dtype!r}")
     variant = opts.get("variant")
-    root = resolve_repo_dir(name_or_path, variant=variant, **hub)
+    root = resolve_repo_dir(
+        name_or_path, variant=variant, role=getattr(cls, "_repo_role", "decoder_repo"), **hub
+    )
     index = read_model_index(root)
     target = _choose_class(cls, index["_class_name"], bool(opts.get("load_connected_pipeline")))
     unknown = sorted(k for k in passed if k not in target._components and not k.startswith("prior_"))

@@ -128,12 +128,21 @@ def resolve_repo_dir(
     token: str | bool | None = None,
     variant: str | None = None,
     subfolders: list[str] | None = None,
+    role: str = "decoder_repo",
 ) -> Path:
-    """Local folder for a path or hub id, downloading what is missing unless offline."""
+    """Local folder for a path, hub id or short model name, downloading what is missing unless offline.
+
+    Hub ids are matched without regard to letter case, as the Hub does (the diffusers docs write
+    `kandinsky-community/Kandinsky-2-1-prior`); a short name such as `kandinsky-2.1` stands for the
+    official repo of `role` (see `kandi.configs.short_name_repo`).
+    """
+    from ..configs import short_name_repo
+
     path = Path(os.path.expanduser(str(name_or_path)))
     if path.is_dir():
         return path
     name = str(name_or_path)
+    name = short_name_repo(name, role) or name
     if not looks_like_repo_id(name):
         raise ModelNotFoundError(
             f"{name!r} is neither a folder nor a Hugging Face model id (owner/name, e.g. "
@@ -142,6 +151,8 @@ def resolve_repo_dir(
     from huggingface_hub import snapshot_download
     from huggingface_hub.errors import LocalEntryNotFoundError
 
+    spelled = cached_spelling(name, cache_dir)
+    name = spelled or name
     if offline(local_files_only):
         try:
             return Path(
@@ -152,13 +163,41 @@ def resolve_repo_dir(
                 f"{name} is not in the Hugging Face cache and offline mode is on (HF_HUB_OFFLINE=1 or "
                 f"local_files_only=True): download it once while online, e.g. `kandi download {name}`"
             ) from None
-    return _download(name, revision, cache_dir, token, variant, subfolders)
+    return _download(name, revision, cache_dir, token, variant, subfolders, known=spelled is not None)
 
 
-def _download(name: str, revision, cache_dir, token, variant, subfolders) -> Path:
+def cached_spelling(name: str, cache_dir: str | os.PathLike | None = None) -> str | None:
+    """The letter case under which the HF cache holds repo `name`, if it holds it in any case."""
+    from huggingface_hub import constants
+
+    cache = Path(cache_dir) if cache_dir else Path(constants.HF_HUB_CACHE)
+    want = "models--" + name.replace("/", "--")
+    if (cache / want).is_dir():
+        return name
+    if not cache.is_dir():
+        return None
+    for p in cache.iterdir():
+        if p.name.lower() == want.lower() and p.is_dir():
+            return p.name[len("models--") :].replace("--", "/", 1)
+    return None
+
+
+def _canonical_id(name: str, token) -> str:
+    """The Hub's own spelling of a repo id (ids are case-insensitive there; the cache is not)."""
+    from huggingface_hub import model_info
+
+    try:
+        return model_info(name, token=token).id or name
+    except Exception:  # the id itself is checked by the listing that follows
+        return name
+
+
+def _download(name: str, revision, cache_dir, token, variant, subfolders, known: bool = False) -> Path:
     from huggingface_hub import list_repo_files, snapshot_download
     from huggingface_hub.errors import LocalEntryNotFoundError, RepositoryNotFoundError, RevisionNotFoundError
 
+    if not known:  # first download: store it under the Hub's spelling, whatever case was typed
+        name = _canonical_id(name, token)
     try:
         files = list_repo_files(name, revision=revision, token=token)
     except (RepositoryNotFoundError, RevisionNotFoundError):
@@ -201,6 +240,8 @@ def resolve_component_dir(
         token=token,
         variant=variant,
         subfolders=subs,
+        # a short model name: the prior's parts live in the prior repo
+        role="prior_repo" if subfolder in ("prior", "image_encoder", "image_processor") else "decoder_repo",
     )
     folder = root / subfolder if subfolder else root
     if not folder.is_dir():

@@ -1,8 +1,10 @@
-"""Whole Kandinsky 2.2 requests for the CLI, the server and the batch runner: models loaded once,
+"""Whole Kandinsky 2.x requests for the CLI, the server and the batch runner: models loaded once,
 `GenerationOptions` in, progress events and PIL images out, one seed per image.
 
-Text to image, img2img, inpainting, outpainting, ControlNet and mixing; each image is what the matching
-diffusers-compatible pipeline makes with `torch.Generator().manual_seed(seed_i)` and one image per prompt.
+Text to image, img2img, inpainting, outpainting, ControlNet (2.2) and mixing; each image is what the
+matching diffusers-compatible pipeline makes with `torch.Generator().manual_seed(seed_i)` and one image
+per prompt. A 2.1 decoder (one with an M-CLIP text encoder) also reads the prompt, as its combined
+pipelines do: the prompt itself, "" as its negative, and "" when mixing.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from .k22 import (
     PriorState,
     decode,
     decoder_job,
+    encode_decoder_text,
     encode_prior_text,
     initial_latents,
     prior_loop,
@@ -30,12 +33,14 @@ from .k22 import (
 
 PRIOR_PARTS = ("prior", "image_encoder", "text_encoder", "tokenizer", "scheduler", "image_processor")
 DECODER_PARTS = ("unet", "scheduler", "movq")
-IMAGE_DECODER = "an image decoder such as kandinsky-community/kandinsky-2-2-decoder"
+K21_DECODER_PARTS = ("text_encoder", "tokenizer")  # the 2.1 decoder's M-CLIP
+IMAGE_DECODER = "an image decoder such as kandinsky-community/kandinsky-2-2-decoder or kandinsky-2-1"
+INPAINT_DECODER = "an inpainting decoder such as kandinsky-community/kandinsky-2-2-decoder-inpaint"
 
 
 @dataclass
 class K22Models:
-    """Everything a Kandinsky 2.2 text-to-image request needs, loaded once."""
+    """Everything a Kandinsky 2.x request needs, loaded once (2.1: with the decoder's M-CLIP)."""
 
     prior: Any
     image_encoder: Any
@@ -47,6 +52,12 @@ class K22Models:
     scheduler: Any
     movq: Any
     placement: Placement
+    decoder_text_encoder: Any = None  # 2.1 only
+    decoder_tokenizer: Any = None
+
+    @property
+    def k21(self) -> bool:
+        return self.decoder_text_encoder is not None
 
     @classmethod
     def load(cls, decoder: str, prior: str, torch_dtype: torch.dtype | None = None, variant: str | None = None,
@@ -57,17 +68,23 @@ class K22Models:
 
         parts = {}
         for repo, names in ((prior, PRIOR_PARTS), (decoder, DECODER_PARTS)):
-            root = resolve_repo_dir(repo, variant=variant, **hub)
-            loaded = load_components(root, read_model_index(root), list(names), {}, torch_dtype=torch_dtype,
-                                     variant=variant)  # fmt: skip
+            root = resolve_repo_dir(repo, variant=variant, role="prior_repo" if repo == prior else "decoder_repo",
+                                    **hub)  # fmt: skip
+            index = read_model_index(root)
+            if repo == decoder and index.get("text_encoder"):  # a 2.1 decoder reads the prompt too
+                names = (*names, *K21_DECODER_PARTS)
+            loaded = load_components(root, index, list(names), {}, torch_dtype=torch_dtype, variant=variant)
             if repo == prior:
                 loaded["prior_scheduler"] = loaded.pop("scheduler")
+            else:
+                loaded["decoder_text_encoder"] = loaded.pop("text_encoder", None)
+                loaded["decoder_tokenizer"] = loaded.pop("tokenizer", None)
             parts.update(loaded)
         return cls(**parts, placement=Placement())
 
     def modules(self) -> list[torch.nn.Module]:
-        names = ("text_encoder", "image_encoder", "prior", "unet", "movq")
-        return [getattr(self, n) for n in names]
+        names = ("text_encoder", "image_encoder", "prior", "decoder_text_encoder", "unet", "movq")
+        return [getattr(self, n) for n in names if getattr(self, n) is not None]
 
     def to(self, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> K22Models:
         for m in self.modules():
@@ -107,7 +124,7 @@ def text_to_image(m: K22Models, opts: Any) -> Iterator[Progress | Result]:
     Each image is exactly what `KandinskyV22CombinedPipeline` makes with
     `generator=torch.Generator().manual_seed(seed_i)`, so any one can be regenerated alone.
     """
-    _check_unet(m, "image", 4, IMAGE_DECODER)
+    _check_unet(m, 4, IMAGE_DECODER)
     yield from _prompted(m, opts)
 
 
@@ -117,7 +134,7 @@ def image_to_image(m: K22Models, opts: Any, image: Any, strength: float = 0.3) -
 
     As `KandinskyV22Img2ImgCombinedPipeline` with one generator seeded per image.
     """
-    _check_unet(m, "image", 4, IMAGE_DECODER)
+    _check_unet(m, 4, IMAGE_DECODER)
     yield from _prompted(m, opts, strength=strength, image=preprocess(image, *_size(m, opts)))
 
 
@@ -126,9 +143,7 @@ def inpaint(m: K22Models, opts: Any, image: Any, mask: Any, strength: float = 1.
             feather: int = 0) -> Iterator[Progress | Result]:  # fmt: skip
     """`image` repainted where `mask` is white, as `KandinskyV22InpaintCombinedPipeline` (kandi's
     `strength`, `paste_back` and `paste_back_feather` included), one generator seeded per image."""
-    _check_unet(
-        m, "image", 9, "an inpainting decoder such as kandinsky-community/kandinsky-2-2-decoder-inpaint"
-    )
+    _check_unet(m, 9, INPAINT_DECODER)
     keep, pixels = prepare_inpaint(image, mask, *_size(m, opts))
     edit = None
     if paste_back:
@@ -163,7 +178,7 @@ def controlnet(m: K22Models, opts: Any, hint: Any, image: Any = None, strength: 
     """Images after `opts.prompt` laid out by `hint` (a depth map), from noise or from `image` noised to
     `strength`: the prior then `KandinskyV22Controlnet(Img2Img)Pipeline`, one generator per image."""
     _check_unet(
-        m, "image_hint", 8, "a ControlNet decoder such as kandinsky-community/kandinsky-2-2-controlnet-depth"
+        m, 8, "a ControlNet decoder such as kandinsky-community/kandinsky-2-2-controlnet-depth", "image_hint"
     )
     size = _size(m, opts)
     inputs: dict[str, Any] = {"hint": prepare_hint(hint, *size, 1)}
@@ -180,7 +195,7 @@ def mix(m: K22Models, opts: Any, items: list[Any], weights: list[float]) -> Iter
     each text runs the prior (with the negative prompt as its uncond), and the decoder's negative is
     the prior's negative embedding of an empty prompt. The weights are used as given.
     """
-    _check_unet(m, "image", 4, IMAGE_DECODER)
+    _check_unet(m, 4, IMAGE_DECODER)
     items = [
         i if isinstance(i, str | torch.Tensor) else as_pil(i, f"item {k + 1}") for k, i in enumerate(items)
     ]
@@ -194,7 +209,7 @@ def mix(m: K22Models, opts: Any, items: list[Any], weights: list[float]) -> Iter
         )
         emb = yield from interpolate_embeds(items, weights, text, image)
         _, neg = yield from _prior_progress(m, replace(opts, prompt=""), g, k, n)
-        return (yield from _decode(m, opts, emb, neg, g, k, n))
+        return (yield from _decode(m, replace(opts, prompt=""), emb, neg, g, k, n))
 
     yield from _each_seed(opts, one)
 
@@ -250,7 +265,9 @@ def _size(m: K22Models, opts: Any) -> tuple[int, int]:
     return tuple(v * sf for v in downscale_hw(opts.height, opts.width, sf))
 
 
-def _check_unet(m: K22Models, kind: str, channels: int, example: str) -> None:
+def _check_unet(m: K22Models, channels: int, example: str, kind: str | None = None) -> None:
+    """The decoder fits the task: `channels` input channels, and 2.1 (text_image) or 2.2 conditioning."""
+    kind = kind or ("text_image" if m.k21 else "image")
     cfg = m.unet.config
     if cfg.addition_embed_type != kind or cfg.in_channels != channels:
         raise ValueError(
@@ -274,6 +291,11 @@ def _decode(m: K22Models, opts: Any, emb, neg, g: torch.Generator, k: int, n: in
     yielding progress; returns the decoded PIL images, changed by `edit` ([-1, 1] tensors) first."""
     scheduler = _decoder_scheduler(m.scheduler, opts.scheduler)
     size = _size(m, opts)
+    if m.k21:  # the 2.1 decoder reads the prompt ("" as its negative, as the combined pipelines do)
+        m.placement.use(m.decoder_text_encoder)
+        text = encode_decoder_text(m.decoder_tokenizer, m.decoder_text_encoder, [opts.prompt], None, 1,
+                                   opts.guidance_scale > 1, m.device)  # fmt: skip
+        inputs |= {"text": text, "k21": True}
     job = decoder_job(m.unet, scheduler, m.movq, emb, neg, 1, size, opts.steps, opts.guidance_scale, g, m.device,
                       m.placement, **inputs)  # fmt: skip
     latents = yield from _progress(job, "decoder", k, n)
