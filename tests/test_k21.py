@@ -419,3 +419,40 @@ def test_short_model_names(k21_offline_hub):
     assert type(pipe).__name__ == "KandinskyCombinedPipeline"
     prior = kandi.KandinskyPriorPipeline.from_pretrained("kandinsky-2.1")
     assert type(prior.prior).__name__ == "Prior"
+
+
+def test_short_names_pick_the_repo_of_the_task(k21_offline_hub):
+    inp = kandi.AutoPipelineForInpainting.from_pretrained("kandinsky-2.1")
+    assert inp.unet.config.in_channels == 9
+    assert kandi.KandinskyInpaintPipeline.from_pretrained("2.1").unet.config.in_channels == 9
+    prior = kandi.PriorTransformer.from_pretrained("kandinsky-2.1", subfolder="prior")
+    assert type(prior).__name__ == "Prior"
+
+
+def test_first_download_uses_the_hubs_spelling(monkeypatch, tmp_path):
+    """Online, an id typed in another case is stored under the Hub's own spelling (one cache entry)."""
+    import huggingface_hub
+
+    from kandi.loading import hub
+
+    seen = {}
+    monkeypatch.setattr(hub, "offline", lambda local_files_only=None: False)
+    monkeypatch.setattr(
+        huggingface_hub, "model_info", lambda name, token=None: type("I", (), {"id": name.lower()})()
+    )
+    monkeypatch.setattr(huggingface_hub, "list_repo_files", lambda name, **kw: ["model_index.json"])
+
+    def fake_snapshot(name, **kw):
+        seen["name"] = name
+        return str(tmp_path)
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", fake_snapshot)
+    hub.resolve_repo_dir("Kandinsky-Community/Kandinsky-2-1-Prior", cache_dir=tmp_path / "empty")
+    assert seen["name"] == "kandinsky-community/kandinsky-2-1-prior"
+
+
+def test_cached_spelling(k21_cache):
+    from kandi.loading.hub import cached_spelling
+
+    assert cached_spelling("KANDINSKY-community/Kandinsky-2-1", k21_cache) == "kandinsky-community/kandinsky-2-1"
+    assert cached_spelling("kandinsky-community/kandinsky-9", k21_cache) is None
