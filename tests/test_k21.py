@@ -454,5 +454,7 @@ def test_first_download_uses_the_hubs_spelling(monkeypatch, tmp_path):
 def test_cached_spelling(k21_cache):
     from kandi.loading.hub import cached_spelling
 
-    assert cached_spelling("KANDINSKY-community/Kandinsky-2-1", k21_cache) == "kandinsky-community/kandinsky-2-1"
+    assert (
+        cached_spelling("KANDINSKY-community/Kandinsky-2-1", k21_cache) == "kandinsky-community/kandinsky-2-1"
+    )
     assert cached_spelling("kandinsky-community/kandinsky-9", k21_cache) is None
