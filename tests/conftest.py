@@ -85,3 +85,24 @@ def k21_offline_hub(monkeypatch, k21_cache) -> Path:
     """Offline mode pointed at `k21_cache` (for this process and for subprocesses via the environment)."""
     tiny.diffusers_to_kandi_env(monkeypatch, k21_cache)
     return k21_cache
+
+
+@pytest.fixture(scope="session")
+def k3_repo(tmp_path_factory) -> Path:
+    """The tiny Kandinsky 3 repo written by diffusers' save_pretrained (plain and fp16-variant weights)."""
+    return tiny.save_k3_repo(tmp_path_factory.mktemp("k3"))
+
+
+@pytest.fixture(scope="session")
+def k3_cache(tmp_path_factory, k3_repo) -> Path:
+    """A Hugging Face hub cache (its own) holding the tiny repo as kandinsky-community/kandinsky-3."""
+    cache = tmp_path_factory.mktemp("hf3") / "hub"
+    tiny.install_in_cache(cache, tiny.K3_REPO_ID, k3_repo)
+    return cache
+
+
+@pytest.fixture
+def k3_offline_hub(monkeypatch, k3_cache) -> Path:
+    """Offline mode pointed at `k3_cache` (for this process and for subprocesses via the environment)."""
+    tiny.diffusers_to_kandi_env(monkeypatch, k3_cache)
+    return k3_cache

@@ -309,3 +309,132 @@ def save_k21_repos(root: Path) -> dict[str, Path]:
         index.write_text(json.dumps(official, indent=2) + "\n")
         (paths[key] / "README.md").write_text(K21_DECODER_CARD)
     return paths
+
+
+# ---------------------------------------------------------------- Kandinsky 3
+
+K3_REPO_ID = "kandinsky-community/kandinsky-3"
+T5_PIECES = 997  # regular pieces: with <pad> </s> <unk>, ids 0..999; then the 100 sentinels (1100 ids)
+T5_VOCAB_SIZE = 1128  # the tiny T5's embedding rows: 28 more than the tokenizer, as t5's 32128 for 32100
+# characters of the test prompts (Russian, Chinese, German) missing from _CJK_COMMON, then more frequent ones
+_CJK_K3 = "落脉晚霞夕阳峰岭峡谷瀑布溪流湖泊雪山冰川沙丘岩石悬崖洞穴森林竹松柏枫樱桃荷菊梅兰"
+_LATIN_EXTRA = "äöüßÄÖÜéèêëàâçîïôûùÿñœæáíóúãõ"
+
+
+def _t5_pieces() -> list[str]:
+    lower = "abcdefghijklmnopqrstuvwxyz"
+    ru_lower = "абвгдеёжзийклмнопрстуфхцчшщъыьэюя"
+    pieces = ["▁", *lower, *lower.upper(), *_LATIN_EXTRA, *"0123456789", *_XLMR_PUNCT]
+    pieces += [*ru_lower, *ru_lower.upper(), *_CJK_PUNCT]
+    pieces += ["▁" + c for c in lower + "äöü" + ru_lower] + [
+        "▁" + c for c in lower.upper() + ru_lower.upper()
+    ]
+    pieces = list(dict.fromkeys([*pieces, *_CJK_COMMON, *_CJK_K3]))
+    code = 0x4E00
+    while len(pieces) < T5_PIECES:  # fill with the first unified ideographs
+        if chr(code) not in pieces:
+            pieces.append(chr(code))
+        code += 1
+    return pieces[:T5_PIECES]
+
+
+def t5_tokenizer(folder: Path):
+    """A T5 tokenizer (transformers' T5TokenizerFast, i.e. T5Tokenizer in transformers 5), built offline.
+
+    Unigram over ~1000 pieces (single characters: Latin with German/French accents, Cyrillic, digits,
+    punctuation, a few hundred CJK; "▁x" pieces for Latin and Cyrillic letters), laid out as t5's: <pad>=0
+    </s>=1 <unk>=2, the pieces, then <extra_id_99> .. <extra_id_0> (ids 1000..1099). Metaspace
+    pre-tokenizer, post-processor "X </s>", model_max_length 512, no normalizer (real T5's is a precompiled
+    SentencePiece charsmap). Saved to `folder` (tokenizer.json, tokenizer_config.json).
+    """
+    from transformers import T5TokenizerFast
+
+    # "▁x" scores above "▁" + "x", single characters all alike
+    vocab = [("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0)]
+    vocab += [(p, -2.0 if p == "▁" else -6.0 if p.startswith("▁") else -5.0) for p in _t5_pieces()]
+    vocab += [(f"<extra_id_{i}>", 0.0) for i in range(99, -1, -1)]
+    tok = T5TokenizerFast(vocab=vocab, extra_ids=100, model_max_length=512)
+    assert len(tok) == T5_PIECES + 103 <= T5_VOCAB_SIZE
+    assert tok.convert_tokens_to_ids("<extra_id_0>") == len(tok) - 1
+    folder.mkdir(parents=True, exist_ok=True)
+    tok.save_pretrained(folder)
+    return tok  # not the reloaded copy (see xlmr_tokenizer)
+
+
+def t5_text_encoder(seed: int = 0):
+    """transformers' T5EncoderModel, tiny (d_model 32 = the tiny UNet's encoder_hid_dim, 2 layers, 4 heads,
+    8 buckets, vocab 1128) with the official K3 encoder's gated-SiLU feed-forward (FLAN-UL2), in eval mode."""
+    from transformers import T5Config, T5EncoderModel
+
+    torch.manual_seed(seed)
+    config = T5Config(
+        d_model=32,
+        d_kv=8,
+        d_ff=37,
+        num_layers=2,
+        num_heads=4,
+        relative_attention_num_buckets=8,
+        vocab_size=T5_VOCAB_SIZE,
+        feed_forward_proj="gated-silu",
+        decoder_start_token_id=0,
+    )
+    model = T5EncoderModel(config)
+    _jitter(model)
+    return model.eval()
+
+
+def k3_components(workdir: Path, seed: int = 0) -> dict:
+    """unet, scheduler (the official DDPM config), movq, text_encoder, tokenizer for Kandinsky3Pipeline and
+    Kandinsky3Img2ImgPipeline (diffusers' tiny test sizes; the tiny MoVQ downsamples by 2 only)."""
+    import diffusers
+
+    torch.manual_seed(seed)
+    unet = diffusers.Kandinsky3UNet(**tiny_kwargs("tiny-k3", "unet"))
+    movq = diffusers.VQModel(**tiny_kwargs("tiny-k3", "movq"))
+    _jitter(unet)
+    _jitter(movq, 0.02)
+    text_encoder = t5_text_encoder(seed + 100)
+    assert unet.config.encoder_hid_dim == text_encoder.config.d_model
+    return {
+        "unet": unet.eval(),
+        "scheduler": diffusers.DDPMScheduler.from_config(_official_config("k3.scheduler")),
+        "movq": movq.eval(),
+        "text_encoder": text_encoder,
+        "tokenizer": t5_tokenizer(workdir / "t5_vocab"),
+    }
+
+
+def save_k3_repo(root: Path, text_encoder_dtype: str = "float32") -> Path:
+    """A diffusers-saved Kandinsky 3 repo (root/"kandinsky-3") laid out as the official one.
+
+    Both weight sets, as the official repo: the fp16 variant (`*.fp16.safetensors`, saved first) and the
+    plain float32 files (saved last, so text_encoder/config.json says "dtype": "float32"). The official
+    text_encoder/config.json says "torch_dtype": "float16", which transformers 5 honours when no dtype is
+    asked for (fp16 T5 beside a float32 UNet); `text_encoder_dtype="float16"` writes that instead.
+    model_index.json is the official one verbatim.
+    """
+    import copy
+
+    import diffusers
+
+    components = k3_components(root)
+    folder = root / "kandinsky-3"
+    models = ("unet", "movq", "text_encoder")
+    half = {k: copy.deepcopy(v).to(torch.float16) if k in models else v for k, v in components.items()}
+    diffusers.Kandinsky3Pipeline(**half).save_pretrained(folder, variant="fp16")
+    diffusers.Kandinsky3Pipeline(**components).save_pretrained(folder)
+    config = folder / "text_encoder" / "config.json"
+    saved = json.loads(config.read_text())
+    assert saved.get("dtype") == "float32", saved
+    if text_encoder_dtype != "float32":
+        saved["dtype"] = text_encoder_dtype
+        config.write_text(json.dumps(saved, indent=2, sort_keys=True) + "\n")
+    index = folder / "model_index.json"
+    official = _official_config("k3.model_index")
+
+    def parts(d: dict) -> dict:
+        return {k: v for k, v in d.items() if not k.startswith("_")}
+
+    assert parts(json.loads(index.read_text())) == parts(official), index.read_text()
+    index.write_text(json.dumps(official, indent=2) + "\n")
+    return folder

@@ -13,6 +13,8 @@ __version__ = "0.1.0"
 _EXPORTS = {
     # diffusers-compatible pipelines
     "DiffusionPipeline": "kandi.compat.base",
+    "Kandinsky3Pipeline": "kandi.compat.kandinsky3",
+    "Kandinsky3Img2ImgPipeline": "kandi.compat.kandinsky3",
     "KandinskyPriorPipeline": "kandi.compat.kandinsky21",
     "KandinskyPipeline": "kandi.compat.kandinsky21",
     "KandinskyImg2ImgPipeline": "kandi.compat.kandinsky21",

@@ -43,6 +43,16 @@ REGISTRY: dict[str, ModelSpec] = {
         controlnet_repo="kandinsky-community/kandinsky-2-2-controlnet-depth",
         aliases=("2.2", "k22", "kandinsky-2-2", "kandinsky22"),
     ),
+    "kandinsky-3": ModelSpec(
+        name="kandinsky-3",
+        family="k3",
+        decoder_repo="kandinsky-community/kandinsky-3",
+        prior_repo=None,
+        default_size=1024,
+        default_steps=25,
+        default_guidance=3.0,
+        aliases=("3", "k3", "kandinsky3", "kandinsky-3.0"),
+    ),
 }
 DEFAULT_MODEL = "kandinsky-2.2"
 # repos a short name may stand for, by the role a loader asks for

@@ -17,6 +17,11 @@ from .loader import pipeline_class
 
 # family -> pipeline class name per task (None: the family has no pipeline for that task)
 FAMILIES: dict[str, dict[str, str | None]] = {
+    "kandinsky3": {
+        "text2image": "Kandinsky3Pipeline",
+        "image2image": "Kandinsky3Img2ImgPipeline",
+        "inpainting": None,
+    },
     "kandinsky": {
         "text2image": "KandinskyCombinedPipeline",
         "image2image": "KandinskyImg2ImgCombinedPipeline",
@@ -36,7 +41,11 @@ MEMBERS: dict[str, str] = {
     pattern.format(prefix): family
     for prefix, family in (("Kandinsky", "kandinsky"), ("KandinskyV22", "kandinsky22"))
     for pattern in _TASK_CLASSES
-}
+} | {"Kandinsky3Pipeline": "kandinsky3", "Kandinsky3Img2ImgPipeline": "kandinsky3"}
+INPAINTING_MODELS = (
+    "kandinsky-community/kandinsky-2-2-decoder-inpaint (kandinsky-2.2) or "
+    "kandinsky-community/kandinsky-2-1-inpaint (kandinsky-2.1)"
+)
 
 
 def family_of(class_name: str) -> str:
@@ -52,7 +61,9 @@ def family_of(class_name: str) -> str:
 def task_class(family: str, task: str) -> type:
     name = FAMILIES[family].get(task)
     if name is None:
-        raise ValueError(f"the {family} models have no {task} pipeline in kandi yet")
+        raise ValueError(
+            f"Kandinsky 3 has no {task} pipeline (neither has diffusers): for inpainting use {INPAINTING_MODELS}"
+        )
     return pipeline_class(name)
 
 

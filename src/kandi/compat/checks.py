@@ -102,7 +102,8 @@ def check_embeds(name: str, value: Any, dim: int | None) -> torch.Tensor:
     if isinstance(value, str) or (isinstance(value, list | tuple) and value and isinstance(value[0], str)):
         raise TypeError(
             f"{name} must be image embeddings from a prior pipeline (a tensor of shape (batch, {dim or 'D'})), "
-            "not a prompt: run KandinskyV22PriorPipeline first, or use AutoPipelineForText2Image for text input"
+            "not a prompt: run the prior pipeline first (KandinskyPriorPipeline for 2.1, KandinskyV22PriorPipeline for "
+            "2.2), or use AutoPipelineForText2Image for text input"
         )
     if isinstance(value, list | tuple) and value and all(isinstance(v, torch.Tensor) for v in value):
         value = torch.cat(list(value), dim=0)

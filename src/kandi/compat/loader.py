@@ -25,7 +25,10 @@ log = logging.getLogger(__name__)
 _K22 = "kandi.compat.kandinsky22"
 _K22_EDIT = "kandi.compat.kandinsky22_edit"
 _K21 = "kandi.compat.kandinsky21"
+_K3 = "kandi.compat.kandinsky3"
 PIPELINE_MODULES = {
+    "Kandinsky3Pipeline": _K3,
+    "Kandinsky3Img2ImgPipeline": _K3,
     "KandinskyPriorPipeline": _K21,
     "KandinskyPipeline": _K21,
     "KandinskyImg2ImgPipeline": _K21,

@@ -44,5 +44,14 @@ class ImagePipelineOutput(BaseOutput):
 
 @dataclass
 class KandinskyPriorPipelineOutput(BaseOutput):
+    """`image_embeds, negative_image_embeds = prior(...)` unpacks the embeddings: iteration yields values.
+
+    diffusers' output iterates its keys, so the docs' `image_emb, zero_image_emb = pipe_prior.interpolate(...)`
+    gives two strings there and the decoder then fails; in kandi the docs' line works as written.
+    """
+
     image_embeds: torch.Tensor | np.ndarray
     negative_image_embeds: torch.Tensor | np.ndarray
+
+    def __iter__(self):
+        return iter(self.to_tuple())

@@ -103,6 +103,19 @@ def preprocess(images: ImageInput, height: int, width: int, name: str = "image")
     return 2.0 * torch.from_numpy(arr.transpose(0, 3, 1, 2)) - 1.0
 
 
+def native_size(images: ImageInput, multiple: int, name: str = "image") -> tuple[int, int]:
+    """(H, W) of the first image, rounded down to `multiple` (at least one multiple): the size an img2img
+    without height/width (Kandinsky 3) works at. diffusers rounds to 8 and then fails in the UNet when
+    the size is not a multiple of 64; kandi rounds to what the UNet takes."""
+    check_present(images, name)
+    first = as_list(images)[0]
+    if isinstance(first, torch.Tensor):
+        h, w = first.shape[-2:]
+    else:
+        w, h = as_pil(first, name).size
+    return tuple(max(multiple, v // multiple * multiple) for v in (int(h), int(w)))
+
+
 def _rgb_resized(img: PIL.Image.Image, height: int, width: int) -> PIL.Image.Image:
     return img.resize((width, height), resample=PIL.Image.BICUBIC, reducing_gap=1)
 
