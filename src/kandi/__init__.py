@@ -43,13 +43,19 @@ _EXPORTS = {
     "UnCLIPScheduler": "kandi.schedulers",
     # models, also under diffusers' names
     "UNet2": "kandi.models.unet2",
+    "UNet3": "kandi.models.unet3",
     "MoVQ": "kandi.models.movq",
     "Prior": "kandi.models.prior",
     # helpers
     "load_image": "kandi.utils",
     "make_image_grid": "kandi.utils",
 }
-_ALIASES = {"UNet2DConditionModel": "UNet2", "VQModel": "MoVQ", "PriorTransformer": "Prior"}
+_ALIASES = {
+    "UNet2DConditionModel": "UNet2",
+    "Kandinsky3UNet": "UNet3",
+    "VQModel": "MoVQ",
+    "PriorTransformer": "Prior",
+}
 
 __all__ = sorted([*_EXPORTS, *_ALIASES])
 

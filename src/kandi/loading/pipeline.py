@@ -26,9 +26,11 @@ def kandi_class(name: str) -> Any | None:
     from ..models.movq import MoVQ
     from ..models.prior import Prior
     from ..models.unet2 import UNet2
+    from ..models.unet3 import UNet3
 
     table = {
         "UNet2DConditionModel": UNet2,
+        "Kandinsky3UNet": UNet3,
         "VQModel": MoVQ,
         "PriorTransformer": Prior,
         "MultilingualCLIP": MCLIP,
