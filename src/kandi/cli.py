@@ -269,6 +269,11 @@ def _choose_model(
     spec = _registered(name)
     if spec is not None:
         decoder = getattr(spec, f"{role}_repo")
+        if decoder is None and spec.family == "k3":
+            raise UsageError(
+                f"{spec.name} makes images from text and redraws images (generate, img2img); for {role} use "
+                "--model kandinsky-2.2"
+            )
         if decoder is None:
             raise UsageError(f"{spec.name} has no {role} decoder: name one with -m REPO")
         return _Model(spec.name, decoder, prior or spec.prior_repo, spec)
@@ -376,14 +381,20 @@ def _runtime(
 
 def _load(
     model: _Model, device: torch.device, dtype: torch.dtype, variant: str | None, offline: bool, bars: bool
-) -> tuple[_Model, K22Models]:
-    """The model's prior and decoder on `device`; the prior from the decoder's model card if not named."""
+) -> tuple[_Model, Any]:
+    """The model's prior and decoder on `device` (the prior from the decoder's model card if not named);
+    for Kandinsky 3 its one repo."""
     from .loading.hub import connected_repos, resolve_repo_dir
     from .pipelines.k22_tasks import K22Models
 
     hub = {"local_files_only": True} if offline else {}
     try:
         with _progress_bars(downloads=bars):
+            if _is_k3(model, variant, hub):  # no prior: text encoder, UNet and MoVQ in one repo
+                from .pipelines.k3_tasks import K3Models
+
+                k3 = K3Models.load(model.decoder, torch_dtype=dtype, variant=variant, **hub)
+                return replace(model, prior=None), k3.to(device)
             if model.prior is None:
                 card = connected_repos(resolve_repo_dir(model.decoder, variant=variant, **hub))
                 model = replace(model, prior=card.get("prior") or REGISTRY[DEFAULT_MODEL].prior_repo)
@@ -391,6 +402,16 @@ def _load(
     except ModelNotFoundError as e:
         raise _with_download_hint(e, model.spec) from None
     return model, models.to(device)
+
+
+def _is_k3(model: _Model, variant: str | None, hub: dict[str, Any]) -> bool:
+    if model.spec is not None:
+        return model.spec.family == "k3"
+    from .loading.hub import resolve_repo_dir
+    from .loading.pipeline import read_model_index
+
+    root = resolve_repo_dir(model.decoder, variant=variant, **hub)
+    return read_model_index(root)["_class_name"].startswith("Kandinsky3")
 
 
 def _with_download_hint(e: ModelNotFoundError, spec: ModelSpec | None) -> ModelNotFoundError:
@@ -413,11 +434,12 @@ def _images(
     models: K22Models, opts: GenerationOptions, seeds: list[int], task: Task, show: bool
 ) -> Iterator[tuple[int, Any]]:
     """(seed, PIL image) of each image, made one at a time so each is saved as soon as it is done."""
-    from .pipelines import k22_tasks
+    from .pipelines import k3_tasks, k22_tasks
     from .pipelines.k22 import steps_run
 
-    run = getattr(k22_tasks, task.name)
-    total = opts.prior_steps * task.prior_runs + steps_run(opts.steps, task.strength)
+    is_k3 = isinstance(models, k3_tasks.K3Models)
+    run = getattr(k3_tasks if is_k3 else k22_tasks, task.name)
+    total = (0 if is_k3 else opts.prior_steps * task.prior_runs) + steps_run(opts.steps, task.strength)
     for k, seed in enumerate(seeds):
         bar = _bar(f"image {k + 1}/{len(seeds)}", total) if show else None
         try:
@@ -443,9 +465,8 @@ def _write_new(
     target: Path, image: Any, opts: GenerationOptions, info: dict[str, Any], fields: dict[str, Any]
 ) -> Path:
     """Write one PNG with its metadata at `target`, or at `name-1.png`, `name-2.png`... if that exists."""
-    text = format_parameters(
-        opts.to_dict(), sampler=info["sampler"], size=image.size, version=__version__, extra=fields
-    )
+    text = format_parameters(opts.to_dict(), sampler=info["sampler"], size=image.size, version=__version__,
+                             extra=fields, prior=info["repos"].get("prior") is not None)  # fmt: skip
     data = json.dumps({"version": __version__, "options": opts.to_dict(), **info}, ensure_ascii=False)
     path, k = target, 0
     while True:

@@ -34,10 +34,12 @@ def format_parameters(
     size: tuple[int, int],
     version: str,
     extra: dict[str, Any] | None = None,
+    prior: bool = True,
 ) -> str:
     """The A1111 `parameters` text of one image: `opts` holds its GenerationOptions fields and own seed.
 
-    `extra` fields (e.g. img2img's `Denoising strength`) go before `Version`, which A1111 writes last.
+    `extra` fields (e.g. img2img's `Denoising strength`) go before `Version`, which A1111 writes last;
+    the prior's fields only for a model with a prior (2.x, not Kandinsky 3).
     """
     fields = {
         "Steps": opts["steps"],
@@ -46,8 +48,11 @@ def format_parameters(
         "Seed": opts["seed"],
         "Size": f"{size[0]}x{size[1]}",
         "Model": opts["model"],
-        "Prior steps": opts["prior_steps"],
-        "Prior CFG scale": float(opts["prior_guidance_scale"]),
+        **(
+            {"Prior steps": opts["prior_steps"], "Prior CFG scale": float(opts["prior_guidance_scale"])}
+            if prior
+            else {}
+        ),
         **(extra or {}),
         "Version": f"kandi {version}",
     }

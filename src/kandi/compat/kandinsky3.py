@@ -257,8 +257,7 @@ class Kandinsky3Img2ImgPipeline(Kandinsky3Pipeline):
         self._guidance_scale = guidance_scale
         text = self._text(prompt, negative_prompt, prompt_embeds, negative_prompt_embeds, attention_mask,
                           negative_attention_mask, n, guidance_scale > 1, device)  # fmt: skip
-        x0 = k22.encode(self.movq, pixels.to(device), self._placement).to(self.unet.dtype)
-        x0 = images.match_batch(x0, b, "image").repeat_interleave(n, dim=0)
+        x0 = k3.image_latents(self.movq, pixels.to(device), b, n, self.unet.dtype, self._placement)
         ts = k22.schedule(self.scheduler, num_inference_steps, device, strength)
         x = k22.noised_latents(self.scheduler, x0, ts, generator)[0] if len(ts) else x0
         x = self._run(text, x, ts, guidance_scale, generator, callback_on_step_end, callback_on_step_end_tensor_inputs,

@@ -17,7 +17,8 @@ from typing import Any
 import torch
 
 from .common import Placement
-from .k22 import Generator
+from .images import match_batch
+from .k22 import Generator, encode
 
 T5_TOKENS = 128  # Kandinsky 3 pads and cuts prompts to 128 T5 tokens
 
@@ -110,6 +111,23 @@ def _expand(t: K3Text, n: int, device: torch.device, dtype: torch.dtype) -> K3Te
     rows = lambda x, d=dtype: None if x is None else x.repeat_interleave(n, dim=0).to(device, d)  # noqa: E731
     return K3Text(rows(t.embeds), rows(t.mask, torch.long), rows(t.negative_embeds),
                   rows(t.negative_mask, torch.long))  # fmt: skip
+
+
+def image_latents(
+    movq: Any,
+    pixels: torch.Tensor,
+    batch: int,
+    n: int,
+    dtype: torch.dtype,
+    placement: Placement | None = None,
+) -> torch.Tensor:
+    """img2img start: MoVQ latents of `pixels` (one image, or one per prompt), `n` per prompt.
+
+    The repeat is a copy even for n = 1, as in diffusers: it also gives the UNet diffusers' memory layout,
+    and with it the same convolution kernels and bits.
+    """
+    x0 = encode(movq, pixels, placement).to(dtype)
+    return match_batch(x0, batch, "image").repeat_interleave(n, dim=0)
 
 
 @dataclass

@@ -15,7 +15,7 @@ import torch
 
 from . import images, k3
 from .common import Placement, to_output
-from .k22 import decode, encode, initial_latents, noised_latents, schedule
+from .k22 import decode, initial_latents, noised_latents, schedule
 from .k22_tasks import Progress, Result, _decoder_scheduler, _each_seed, _progress
 
 LATENT_FACTOR = 8  # latents are sized with a fixed factor 8, as diffusers' Kandinsky3Pipeline does
@@ -81,14 +81,16 @@ def text_to_image(m: K3Models, opts: Any) -> Iterator[Progress | Result]:
 def image_to_image(m: K3Models, opts: Any, image: Any, strength: float = 0.3) -> Iterator[Progress | Result]:
     """`image` (resized to opts' size, then rounded to what the UNet takes) redrawn after the prompt;
     as Kandinsky3Img2ImgPipeline on the resized image."""
-    pil = images.as_pil(image, "image").resize((opts.width, opts.height), resample=3, reducing_gap=1)
+    pil = images.as_pil(image, "image")
+    if pil.size != (opts.width, opts.height):
+        pil = pil.resize((opts.width, opts.height), resample=3, reducing_gap=1)
     sf = 2 ** (len(m.movq.config.block_out_channels) - 1)
     size = images.native_size(pil, sf * 2 ** (len(m.unet.config.block_out_channels) - 1))
     pixels = images.preprocess(pil, *size)
 
     def one(g: torch.Generator, k: int, n: int):
         text, scheduler = _text(m, opts), _decoder_scheduler(m.scheduler, opts.scheduler)
-        x0 = encode(m.movq, pixels.to(m.device), m.placement).to(m.unet.dtype)
+        x0 = k3.image_latents(m.movq, pixels.to(m.device), 1, 1, m.unet.dtype, m.placement)
         ts = schedule(scheduler, opts.steps, m.device, strength)
         x = noised_latents(scheduler, x0, ts, g)[0] if len(ts) else x0
         return (yield from _finish(m, opts, text, scheduler, ts, x, g, k, n, raw_pt=False))
