@@ -13,27 +13,13 @@ import numpy as np
 import PIL.Image
 import pytest
 import torch
+from compare import close, gen
 
 import kandi
 
-TOL = 1e-4
 MANIFESTS = Path(__file__).parent / "data" / "configs" / "manifests"
 CONFIGS = Path(__file__).parent / "data" / "configs"
 PROMPTS = ["A teddy bear на красной площади", "红色广场上的泰迪熊", "دب على الساحة الحمراء"]
-
-
-def gen(seed: int = 0) -> torch.Generator:
-    return torch.Generator().manual_seed(seed)
-
-
-def close(a, b, tol: float = TOL) -> None:
-    if isinstance(a, list):  # PIL images: uint8 rounding may differ by one level
-        a = np.stack([np.asarray(x, dtype=np.float64) for x in a])
-        b = np.stack([np.asarray(x, dtype=np.float64) for x in b])
-        tol = 1.0
-    a, b = (x.detach().cpu().numpy() if isinstance(x, torch.Tensor) else np.asarray(x) for x in (a, b))
-    assert a.shape == b.shape, (a.shape, b.shape)
-    assert np.abs(a - b).max() <= tol, np.abs(a - b).max()
 
 
 def picture(seed: int, size: int = 64) -> PIL.Image.Image:

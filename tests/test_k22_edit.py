@@ -11,29 +11,14 @@ import numpy as np
 import PIL.Image
 import pytest
 import torch
+from compare import close, gen
 
 import kandi
-
-TOL = 1e-4
-
-
-def gen(seed: int = 0) -> torch.Generator:
-    return torch.Generator().manual_seed(seed)
 
 
 def quiet(*pipes):
     for p in pipes:
         p.set_progress_bar_config(disable=True)
-
-
-def close(a, b, tol: float = TOL) -> None:
-    if isinstance(a, list):
-        a = np.stack([np.asarray(x, dtype=np.float64) for x in a])
-        b = np.stack([np.asarray(x, dtype=np.float64) for x in b])
-        tol = 1.0
-    a, b = (x.detach().cpu().numpy() if isinstance(x, torch.Tensor) else np.asarray(x) for x in (a, b))
-    assert a.shape == b.shape, (a.shape, b.shape)
-    assert np.abs(a - b).max() <= tol, np.abs(a - b).max()
 
 
 def picture(seed: int, size: int = 32, mode: str = "RGB") -> PIL.Image.Image:

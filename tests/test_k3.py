@@ -9,25 +9,11 @@ import numpy as np
 import PIL.Image
 import pytest
 import torch
+from compare import close, gen
 
 import kandi
 
-TOL = 1e-4
 PROMPTS = ["Красивый закат над горами", "日落时的山脉", "Schöne Berge über dem Fluss"]
-
-
-def gen(seed: int = 0) -> torch.Generator:
-    return torch.Generator().manual_seed(seed)
-
-
-def close(a, b, tol: float = TOL) -> None:
-    if isinstance(a, list):  # PIL images: uint8 rounding may differ by one level
-        a = np.stack([np.asarray(x, dtype=np.float64) for x in a])
-        b = np.stack([np.asarray(x, dtype=np.float64) for x in b])
-        tol = 1.0
-    a, b = (x.detach().cpu().numpy() if isinstance(x, torch.Tensor) else np.asarray(x) for x in (a, b))
-    assert a.shape == b.shape, (a.shape, b.shape)
-    assert np.abs(a - b).max() <= tol, np.abs(a - b).max()
 
 
 def picture(seed: int, w: int = 64, h: int = 64) -> PIL.Image.Image:
