@@ -40,7 +40,21 @@ def picture(tmp_path_factory) -> Path:
 
 
 def test_generate(api, k3_offline_hub, capsys, tmp_path):
-    args = ["generate", PROMPT, *K3, "-W", "256", "-H", "256", "-n", NEGATIVE, "-s", 3, "-o", tmp_path / "a.png"]
+    args = [
+        "generate",
+        PROMPT,
+        *K3,
+        "-W",
+        "256",
+        "-H",
+        "256",
+        "-n",
+        NEGATIVE,
+        "-s",
+        3,
+        "-o",
+        tmp_path / "a.png",
+    ]
     code, out, err = run(capsys, *args)
     assert (code, written(out)) == (0, [(tmp_path / "a.png", 3)]), err
     ref = api["t2i"](PROMPT, negative_prompt=NEGATIVE, height=256, width=256, num_inference_steps=3,
