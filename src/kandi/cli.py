@@ -11,21 +11,18 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import math
-import os
 import secrets
 import sys
-import warnings
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple, NoReturn
 
 from . import __version__
+from .cli_console import _progress_bars, _quiet_third_party
 from .configs import DEFAULT_MODEL, REGISTRY, GenerationOptions, ModelSpec, resolve_model
-from .errors import KandiError, KandiWarning, ModelNotFoundError
+from .errors import KandiError, ModelNotFoundError
 from .pngmeta import format_parameters, read_png_options, write_png
 
 if TYPE_CHECKING:
@@ -601,92 +598,3 @@ def _message(e: BaseException) -> str:
     if isinstance(e, OSError) and e.strerror and e.filename:  # "[Errno 13] ..." reads badly
         return f"{e.filename}: {e.strerror}"
     return str(e) or type(e).__name__
-
-
-# ---------------------------------------------------------------------------------- third-party noise
-
-NOISY_LOGGERS = ("transformers", "diffusers", "huggingface_hub", "torch", "accelerate", "PIL")
-QUIET_ENV = {
-    "TRANSFORMERS_VERBOSITY": "error",
-    "DIFFUSERS_VERBOSITY": "error",
-    "HF_HUB_VERBOSITY": "error",
-    "TRANSFORMERS_NO_ADVISORY_WARNINGS": "1",
-}
-
-
-@contextmanager
-def _quiet_third_party() -> Iterator[None]:
-    """Libraries' info, warnings and deprecation notes off; kandi's own warnings as `warning: ...` lines.
-
-    Set for the run of one command and undone after, so calling `main` in-process leaves no trace.
-    """
-    saved_env = {k: os.environ.get(k) for k in QUIET_ENV}
-    os.environ.update(QUIET_ENV)  # for libraries imported later: transformers reads it on import
-    loggers = [logging.getLogger(n) for n in NOISY_LOGGERS]
-    levels = [lg.level for lg in loggers]
-    for lg in loggers:
-        lg.setLevel(logging.ERROR)
-    kandi_log, handler = logging.getLogger("kandi"), _LineHandler()
-    kandi_log.addHandler(handler)
-    propagate, kandi_log.propagate = kandi_log.propagate, False
-    try:
-        with warnings.catch_warnings():  # also restores warnings.showwarning
-            warnings.simplefilter("ignore")
-            warnings.simplefilter("always", KandiWarning)  # warn_once already says each only once
-            warnings.showwarning = _show_warning
-            yield
-    finally:
-        kandi_log.removeHandler(handler)
-        kandi_log.propagate = propagate
-        for lg, level in zip(loggers, levels):
-            lg.setLevel(level)
-        for k, v in saved_env.items():
-            if v is None:
-                os.environ.pop(k)
-            else:
-                os.environ[k] = v
-
-
-class _LineHandler(logging.Handler):
-    """kandi's log warnings as `warning: message` lines on stderr (looked up late: tests swap it)."""
-
-    def __init__(self) -> None:
-        super().__init__(logging.WARNING)
-
-    def emit(self, record: logging.LogRecord) -> None:
-        print(f"{record.levelname.lower()}: {record.getMessage()}", file=sys.stderr)
-
-
-def _show_warning(message: Warning | str, category: type[Warning], *args: Any, **kwargs: Any) -> None:
-    print(f"warning: {message}", file=sys.stderr)
-
-
-@contextmanager
-def _progress_bars(downloads: bool, transformers: bool = True) -> Iterator[None]:
-    """Hub download bars only if `downloads` (a terminal, no --quiet); no "Loading weights" bar per model.
-
-    transformers draws that bar for every model it loads, which says nothing to a user; undone after.
-    """
-    import huggingface_hub.utils as hub
-
-    hub_bars = not hub.are_progress_bars_disabled()
-    tlog = None
-    if transformers:
-        from transformers.utils import logging as tlog
-
-        bars = tlog.is_progress_bar_enabled()
-        tlog.disable_progress_bar()
-    _set_bars(hub, downloads and hub_bars)
-    try:
-        yield
-    finally:
-        if tlog is not None and bars:
-            tlog.enable_progress_bar()
-        _set_bars(hub, hub_bars)
-
-
-def _set_bars(hub: Any, on: bool) -> None:
-    if on:
-        hub.enable_progress_bars()
-    else:
-        hub.disable_progress_bars()
