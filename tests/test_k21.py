@@ -444,3 +444,11 @@ def test_cached_spelling(k21_cache):
         cached_spelling("KANDINSKY-community/Kandinsky-2-1", k21_cache) == "kandinsky-community/kandinsky-2-1"
     )
     assert cached_spelling("kandinsky-community/kandinsky-9", k21_cache) is None
+
+
+def test_encode_prompt_matches_diffusers(lib):
+    args = (["a cat", "красный дом"], "cpu", 2, True, ["dark", "blurry"])
+    d = lib["diffusers"]["t2i"]._encode_prompt(*args)
+    k = lib["kandi"]["t2i"]._encode_prompt(*args)
+    for a, b in zip(d, k):
+        close(a, b, 1e-5)

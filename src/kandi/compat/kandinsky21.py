@@ -80,14 +80,7 @@ class _K21Decoder(KandinskyV22Pipeline):
         t = self._text(
             prompts, negs, num_images_per_prompt, do_classifier_free_guidance, torch.device(device)
         )
-        ids = lambda ps: self.tokenizer(ps, padding="max_length", max_length=k22.MCLIP_TOKENS, truncation=True,  # noqa: E731
-                                        return_tensors="pt").attention_mask.to(device)  # fmt: skip
-        mask = ids(prompts).repeat_interleave(num_images_per_prompt, dim=0)
-        if do_classifier_free_guidance:
-            mask = torch.cat(
-                [ids(negs or [""] * len(prompts)).repeat_interleave(num_images_per_prompt, 0), mask]
-            )
-        return t.embeds, t.states, mask
+        return t.embeds, t.states, t.mask
 
     def _text(self, prompts, negs, n, guided, device) -> k22.DecoderText:
         self._placement.use(self.text_encoder)
@@ -271,9 +264,6 @@ class KandinskyCombinedPipeline(KandinskyV22CombinedPipeline):
     def _decoder_class() -> type:
         return KandinskyPipeline
 
-    def _check_decoder_args(self, height, width, steps, scale, output_type, inputs=()) -> None:
-        super()._check_decoder_args(height, width, steps, scale, output_type, inputs)
-
     def _stage_one(self, prompt, negative_prompt, n, prior_steps, generator, latents, prior_scale,
                    to_decoder: bool) -> tuple[torch.Tensor, torch.Tensor, list[str], Any]:  # fmt: skip
         """Prior embeddings, and the prompts (and decoder negatives) paired with them, n per prompt."""
@@ -304,7 +294,7 @@ class KandinskyCombinedPipeline(KandinskyV22CombinedPipeline):
         return_dict: bool = True,
         negative_prompt_to_decoder: bool = False,
     ) -> ImagePipelineOutput | tuple:
-        self._check_decoder_args(height, width, num_inference_steps, guidance_scale, output_type)
+        self._check_decoder_args(height, width, num_inference_steps, guidance_scale, output_type, ())
         emb, neg, prompts, dneg = self._stage_one(prompt, negative_prompt, num_images_per_prompt,
                                                   prior_num_inference_steps, generator, latents,
                                                   prior_guidance_scale, negative_prompt_to_decoder)  # fmt: skip
@@ -382,7 +372,7 @@ class KandinskyImg2ImgCombinedPipeline(KandinskyCombinedPipeline):
         return_dict: bool = True,
         negative_prompt_to_decoder: bool = False,
     ) -> ImagePipelineOutput | tuple:
-        self._check_decoder_args(height, width, num_inference_steps, guidance_scale, output_type)
+        self._check_decoder_args(height, width, num_inference_steps, guidance_scale, output_type, ())
         check_strength(strength)
         images.check_present(image, "image")
         emb, neg, prompts, dneg = self._stage_one(prompt, negative_prompt, num_images_per_prompt,
@@ -431,7 +421,7 @@ class KandinskyInpaintCombinedPipeline(KandinskyCombinedPipeline):
         **kwargs: Any,
     ) -> ImagePipelineOutput | tuple:
         """diffusers' arguments; kwargs take the decoder's `strength`, `paste_back`, `paste_back_feather`."""
-        self._check_decoder_args(height, width, num_inference_steps, guidance_scale, output_type)
+        self._check_decoder_args(height, width, num_inference_steps, guidance_scale, output_type, ())
         images.check_present(image, "image")
         images.check_present(mask_image, "mask_image")
         unknown = set(kwargs) - {"strength", "paste_back", "paste_back_feather"}

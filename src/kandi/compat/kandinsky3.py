@@ -21,8 +21,6 @@ from .kandinsky22 import StepCallback, _Guided, _legacy_callback, drive
 from .kandinsky22_edit import check_strength
 from .outputs import ImagePipelineOutput
 
-LATENT_FACTOR = 8  # diffusers' Kandinsky 3 sizes latents with a fixed factor 8 (the real MoVQ's)
-
 
 class Kandinsky3Pipeline(_Guided, DiffusionPipeline):
     """Kandinsky 3 text to image. `guidance_scale` g gives `(g + 1) * cond - g * uncond` (active for g > 1)."""
@@ -190,13 +188,7 @@ class Kandinsky3Pipeline(_Guided, DiffusionPipeline):
                                negative_attention_mask, num_inference_steps, guidance_scale, n, output_type,
                                callback_on_step_end_tensor_inputs)  # fmt: skip
         h, w = checks.check_size("height", height), checks.check_size("width", width)
-        # sizes round up to multiples of 64 px (the UNet halves the latents three times), as diffusers
-        shape = (
-            b * n,
-            4,
-            -(-h // LATENT_FACTOR**2) * LATENT_FACTOR,
-            -(-w // LATENT_FACTOR**2) * LATENT_FACTOR,
-        )
+        shape = k3.latent_shape(b * n, h, w)
         checks.check_latents(latents, shape)
         generator = checks.check_generator(generator, b * n)
 

@@ -160,9 +160,10 @@ class DecoderText:
 
     embeds: torch.Tensor  # (B, D) pooled, projected M-CLIP embedding
     states: torch.Tensor  # (B, L, hidden) XLM-R hidden states
+    mask: torch.Tensor  # (B, L) the tokenizer's attention mask (the UNet reads all L states)
 
     def to(self, device: torch.device, dtype: torch.dtype) -> DecoderText:
-        return DecoderText(self.embeds.to(device, dtype), self.states.to(device, dtype))
+        return DecoderText(self.embeds.to(device, dtype), self.states.to(device, dtype), self.mask.to(device))
 
 
 MCLIP_TOKENS = 77  # the 2.1 decoder pads and cuts prompts to 77 XLM-R tokens
@@ -177,7 +178,9 @@ def _encode_mclip(tokenizer: Any, text_encoder: Any, prompts: list[str], device:
         log.warning(
             "the 2.1 decoder reads %d tokens: this part of the prompt was cut off: %s", MCLIP_TOKENS, cut
         )
-    return text_encoder(input_ids=enc.input_ids.to(device), attention_mask=enc.attention_mask.to(device))
+    mask = enc.attention_mask.to(device)
+    embeds, states = text_encoder(input_ids=enc.input_ids.to(device), attention_mask=mask)
+    return embeds, states, mask
 
 
 def encode_decoder_text(
@@ -190,14 +193,12 @@ def encode_decoder_text(
     device: torch.device,
 ) -> DecoderText:
     """M-CLIP conditioning for `prompts`, each repeated `n` times; uncond from `negative` (or "")."""
-    embeds, states = (
-        x.repeat_interleave(n, dim=0) for x in _encode_mclip(tokenizer, text_encoder, prompts, device)
-    )
+    rows = [x.repeat_interleave(n, dim=0) for x in _encode_mclip(tokenizer, text_encoder, prompts, device)]
     if guided:
         uncond = negative if negative is not None else [""] * len(prompts)
         u = [x.repeat_interleave(n, dim=0) for x in _encode_mclip(tokenizer, text_encoder, uncond, device)]
-        embeds, states = torch.cat([u[0], embeds]), torch.cat([u[1], states])
-    return DecoderText(embeds, states)
+        rows = [torch.cat([a, b]) for a, b in zip(u, rows)]
+    return DecoderText(*rows)
 
 
 @dataclass

@@ -21,6 +21,14 @@ from .images import match_batch
 from .k22 import Generator, encode
 
 T5_TOKENS = 128  # Kandinsky 3 pads and cuts prompts to 128 T5 tokens
+LATENT_FACTOR = 8  # diffusers sizes Kandinsky 3 latents with a fixed factor 8 (the real MoVQ's)
+
+
+def latent_shape(batch: int, height: int, width: int) -> tuple[int, int, int, int]:
+    """Text-to-image latents for an image of (height, width): sides rounded up to multiples of 64 px
+    (the UNet halves the latents three times), as diffusers does, whatever the MoVQ's own factor."""
+    side = lambda v: -(-v // LATENT_FACTOR**2) * LATENT_FACTOR  # noqa: E731
+    return (batch, 4, side(height), side(width))
 
 
 @dataclass

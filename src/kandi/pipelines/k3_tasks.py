@@ -18,7 +18,6 @@ from .common import Placement, to_output
 from .k22 import decode, initial_latents, noised_latents, schedule
 from .k22_tasks import Progress, Result, _decoder_scheduler, _each_seed, _progress
 
-LATENT_FACTOR = 8  # latents are sized with a fixed factor 8, as diffusers' Kandinsky3Pipeline does
 PARTS = ("tokenizer", "text_encoder", "unet", "scheduler", "movq")
 
 
@@ -61,12 +60,7 @@ class K3Models:
 @torch.no_grad()
 def text_to_image(m: K3Models, opts: Any) -> Iterator[Progress | Result]:
     """Images for `opts` (a GenerationOptions), seed, seed+1, ... each (as Kandinsky3Pipeline)."""
-    shape = (
-        1,
-        4,
-        -(-opts.height // LATENT_FACTOR**2) * LATENT_FACTOR,
-        -(-opts.width // LATENT_FACTOR**2) * LATENT_FACTOR,
-    )
+    shape = k3.latent_shape(1, opts.height, opts.width)
 
     def one(g: torch.Generator, k: int, n: int):
         text, scheduler = _text(m, opts), _decoder_scheduler(m.scheduler, opts.scheduler)
