@@ -10,7 +10,6 @@ at once. Every user error ends as one line on stderr (see `main`).
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import secrets
 import sys
@@ -23,7 +22,7 @@ from . import __version__
 from .cli_console import _progress_bars, _quiet_third_party
 from .configs import DEFAULT_MODEL, REGISTRY, GenerationOptions, ModelSpec, resolve_model
 from .errors import KandiError, ModelNotFoundError
-from .pngmeta import format_parameters, read_png_options, write_png
+from .pngmeta import describe, read_png_options, write_png
 
 if TYPE_CHECKING:
     import torch
@@ -462,9 +461,7 @@ def _write_new(
     target: Path, image: Any, opts: GenerationOptions, info: dict[str, Any], fields: dict[str, Any]
 ) -> Path:
     """Write one PNG with its metadata at `target`, or at `name-1.png`, `name-2.png`... if that exists."""
-    text = format_parameters(opts.to_dict(), sampler=info["sampler"], size=image.size, version=__version__,
-                             extra=fields, prior=info["repos"].get("prior") is not None)  # fmt: skip
-    data = json.dumps({"version": __version__, "options": opts.to_dict(), **info}, ensure_ascii=False)
+    text, data = describe(opts.to_dict(), info, image.size, __version__, fields)
     path, k = target, 0
     while True:
         try:
@@ -547,9 +544,10 @@ COMMANDS: dict[str, Command] = {
 
 def commands() -> dict[str, Command]:
     """Every subcommand in --help order. cli_edit builds on this module, so it is imported here, late."""
-    from . import cli_edit
+    from . import cli_edit, cli_serve
 
-    return {"generate": COMMANDS["generate"], **cli_edit.COMMANDS, "download": COMMANDS["download"]}
+    return {"generate": COMMANDS["generate"], **cli_edit.COMMANDS, **cli_serve.COMMANDS,
+            "download": COMMANDS["download"]}  # fmt: skip
 
 
 def build_parser() -> argparse.ArgumentParser:

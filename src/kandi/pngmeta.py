@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import secrets
 from pathlib import Path
 from typing import Any
@@ -62,6 +63,36 @@ def format_parameters(
     return f"{opts['prompt']}{negative}\n{line}"
 
 
+def describe(opts: dict[str, Any], info: dict[str, Any], size: tuple[int, int], version: str,
+             fields: dict[str, Any] | None = None) -> tuple[str, str]:  # fmt: skip
+    """The two text chunks of one image: (A1111 `parameters` text, kandi JSON).
+
+    `opts` are the image's GenerationOptions fields (its own seed, one image); `info` what else the kandi
+    chunk records: "sampler", "repos" (a "prior" of None means a model without one), "command", inputs.
+    """
+    text = format_parameters(opts, sampler=info["sampler"], size=size, version=version, extra=fields,
+                             prior=(info.get("repos") or {}).get("prior") is not None)  # fmt: skip
+    return text, json.dumps({"version": version, "options": opts, **info}, ensure_ascii=False)
+
+
+def png_bytes(image: Any, params_text: str, options_json: str) -> bytes:
+    """`image` encoded as PNG with both text chunks, in memory (what the server sends)."""
+    import io
+
+    buf = io.BytesIO()
+    image.save(buf, format="PNG", pnginfo=_pnginfo(params_text, options_json))
+    return buf.getvalue()
+
+
+def _pnginfo(params_text: str, options_json: str) -> Any:
+    from PIL.PngImagePlugin import PngInfo
+
+    info = PngInfo()
+    _add_text(info, PARAMETERS_KEY, params_text)
+    _add_text(info, KANDI_KEY, options_json)
+    return info
+
+
 def _add_text(info: Any, key: str, value: str) -> None:
     # tEXt is Latin-1 by the PNG spec and many readers decode it as UTF-8 anyway: keep it for pure ASCII
     # and put anything else (Russian, Chinese prompts) in a UTF-8 iTXt chunk
@@ -77,12 +108,8 @@ def write_png(path: str | os.PathLike, image: Any, params_text: str, options_jso
     The PNG is written to a temporary file in the same folder and then hard-linked to `path`, which fails
     with FileExistsError if `path` exists, so a reader never sees half a file and nothing is overwritten.
     """
-    from PIL.PngImagePlugin import PngInfo
-
     path = Path(path)
-    info = PngInfo()
-    _add_text(info, PARAMETERS_KEY, params_text)
-    _add_text(info, KANDI_KEY, options_json)
+    info = _pnginfo(params_text, options_json)
     tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
     try:
@@ -108,8 +135,9 @@ def _publish(tmp: Path, path: Path) -> None:
         os.replace(tmp, path)
 
 
-def read_png_text(path: str | os.PathLike) -> dict[str, str]:
-    """All text chunks (tEXt, zTXt, iTXt) of a PNG; ValueError if `path` is not a PNG."""
+def read_png_text(path: str | os.PathLike | Any) -> dict[str, str]:
+    """All text chunks (tEXt, zTXt, iTXt) of a PNG file (a path or a binary file object); ValueError if it
+    is not a PNG."""
     from PIL import Image, UnidentifiedImageError
 
     try:
@@ -134,3 +162,39 @@ def read_png_options(path: str | os.PathLike) -> dict[str, Any]:
     if not isinstance(opts, dict) or not isinstance(opts.get("prompt"), str):
         raise ValueError(f"{path} has unreadable kandi metadata (no options with a prompt)")
     return data
+
+
+_PAIR = re.compile(r'\s*([\w][\w \-/()]*):\s*("(?:\\.|[^\\"])*"|[^,]*)(?:,|$)')
+
+
+def parse_parameters(text: str) -> dict[str, Any]:
+    """An A1111 `parameters` text back into fields: "Prompt", "Negative prompt" and each `key: value` of
+    the last line (numbers as numbers, JSON-quoted values unquoted), as A1111's PNG-info shows them."""
+    lines = text.strip().split("\n")
+    last = lines[-1] if lines else ""
+    pairs = _PAIR.findall(last)
+    fields: dict[str, Any] = {}
+    if len(pairs) >= 3:  # A1111's own test that the last line holds the settings
+        lines = lines[:-1]
+        for key, value in pairs:
+            fields[key.strip()] = _value(value.strip())
+    prompt, negative, in_negative = [], [], False
+    for line in lines:
+        if line.startswith("Negative prompt:"):
+            in_negative, line = True, line[len("Negative prompt:") :].strip()
+        (negative if in_negative else prompt).append(line)
+    return {"Prompt": "\n".join(prompt), "Negative prompt": "\n".join(negative), **fields}
+
+
+def _value(text: str) -> Any:
+    if text.startswith('"') and text.endswith('"') and len(text) >= 2:
+        try:
+            return json.loads(text)
+        except json.JSONDecodeError:
+            return text
+    for conv in (int, float):
+        try:
+            return conv(text)
+        except ValueError:
+            pass
+    return text

@@ -33,6 +33,7 @@ from .k22 import (
 
 PRIOR_PARTS = ("prior", "image_encoder", "text_encoder", "tokenizer", "scheduler", "image_processor")
 DECODER_PARTS = ("unet", "scheduler", "movq")
+PRIOR_FIELDS = ("prior", "image_encoder", "text_encoder", "tokenizer", "prior_scheduler", "image_processor")
 K21_DECODER_PARTS = ("text_encoder", "tokenizer")  # the 2.1 decoder's M-CLIP
 IMAGE_DECODER = "an image decoder such as kandinsky-community/kandinsky-2-2-decoder or kandinsky-2-1"
 INPAINT_DECODER = "an inpainting decoder such as kandinsky-community/kandinsky-2-2-decoder-inpaint"
@@ -61,13 +62,20 @@ class K22Models:
 
     @classmethod
     def load(cls, decoder: str, prior: str, torch_dtype: torch.dtype | None = None, variant: str | None = None,
-             **hub: Any) -> K22Models:  # fmt: skip
-        """Load the decoder and prior repos (folders or hub ids) named by a `ModelSpec` or the user."""
+             shared_prior: K22Models | None = None, **hub: Any) -> K22Models:  # fmt: skip
+        """Load the decoder and prior repos (folders or hub ids) named by a `ModelSpec` or the user.
+
+        With `shared_prior`, its prior models are used instead of loading them again (a server holding the
+        image, inpainting and ControlNet decoders of one model keeps one prior)."""
         from ..loading.hub import resolve_repo_dir
         from ..loading.pipeline import load_components, read_model_index
 
         parts = {}
+        if shared_prior is not None:
+            parts = {n: getattr(shared_prior, n) for n in PRIOR_FIELDS}
         for repo, names in ((prior, PRIOR_PARTS), (decoder, DECODER_PARTS)):
+            if repo == prior and shared_prior is not None:
+                continue
             root = resolve_repo_dir(repo, variant=variant, role="prior_repo" if repo == prior else "decoder_repo",
                                     **hub)  # fmt: skip
             index = read_model_index(root)

@@ -9,6 +9,7 @@ on another device or dtype than the UNet (its output is moved over once).
 
 from __future__ import annotations
 
+import threading
 from collections import OrderedDict
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -51,22 +52,24 @@ class PromptCache:
     def __init__(self, size: int = 32) -> None:
         self.size = size
         self._rows: OrderedDict[tuple, tuple[torch.Tensor, torch.Tensor]] = OrderedDict()
+        self._lock = threading.Lock()  # the server runs requests in several threads
 
     def encode(
         self, tokenizer: Any, text_encoder: Any, prompts: list[str]
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """(embeds (B, 128, D), mask (B, 128)) on the encoder's device, padding rows zeroed."""
         enc_key = (id(text_encoder), text_encoder.dtype, str(text_encoder.device))
-        missing = list(dict.fromkeys(p for p in prompts if (enc_key, p) not in self._rows))
-        if missing:
-            embeds, mask = _t5(tokenizer, text_encoder, missing)
-            for i, p in enumerate(missing):
-                self._rows[(enc_key, p)] = (embeds[i], mask[i])
-        rows = [self._rows[(enc_key, p)] for p in prompts]
-        for p in prompts:
-            self._rows.move_to_end((enc_key, p))
-        while len(self._rows) > self.size:
-            self._rows.popitem(last=False)
+        with self._lock:
+            missing = list(dict.fromkeys(p for p in prompts if (enc_key, p) not in self._rows))
+            if missing:
+                embeds, mask = _t5(tokenizer, text_encoder, missing)
+                for i, p in enumerate(missing):
+                    self._rows[(enc_key, p)] = (embeds[i], mask[i])
+            rows = [self._rows[(enc_key, p)] for p in prompts]
+            for p in prompts:
+                self._rows.move_to_end((enc_key, p))
+            while len(self._rows) > self.size:
+                self._rows.popitem(last=False)
         return torch.stack([r[0] for r in rows]), torch.stack([r[1] for r in rows])
 
     def clear(self) -> None:
