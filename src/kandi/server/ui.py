@@ -1,17 +1,558 @@
-"""`kandi serve`'s web UI: a Gradio app mounted at /ui."""
+"""`kandi serve`'s web UI: a Gradio app mounted at /ui, with a tab per task.
+
+The UI is one more client of the server: every Generate builds the native API's request body and
+runs it through `schemas.plan` and `Server.submit`, so the same checks, limits and bounded queue apply
+(a full queue is a message, as the API's 429). Images are shown and downloaded as the very PNG files
+the engine wrote, so their metadata (the A1111 `parameters` text and kandi's JSON) survives.
+"""
 
 from __future__ import annotations
 
-from typing import Any
+import base64
+import io
+import math
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from fastapi import FastAPI
+from pydantic import BaseModel, ValidationError
+
+from .inputs import FieldError
+from .jobs import FINISHED, Job, QueueFull
+from .schemas import BODIES, TASKS, plan
+
+if TYPE_CHECKING:
+    from PIL import Image
+
+    from .api import Server
+    from .engine import Entry
+
+TABS = {"txt2img": "Text to image", "img2img": "Image to image", "inpaint": "Inpaint",
+        "mix": "Mix", "controlnet": "ControlNet"}  # fmt: skip
+FAMILIES = {"k21": "Kandinsky 2.1", "k22": "Kandinsky 2.2", "k3": "Kandinsky 3"}
+ASPECTS = {"1:1": (1, 1), "4:3": (4, 3), "3:4": (3, 4), "3:2": (3, 2), "2:3": (2, 3),
+           "16:9": (16, 9), "9:16": (9, 16)}  # fmt: skip
+REPAINT, EXTEND = "Repaint what I paint", "Extend the image (outpaint)"
+MIX_SLOTS = 4
+KEEP_SECONDS = 3600  # generated files older than this are removed (Gradio serves its own copies)
+LABELS = {"image": "Image", "hint": "Depth hint", "mask": "Mask", "width": "Width", "height": "Height",
+          "steps": "Steps", "num_images": "Images", "seed": "Seed", "prompt": "Prompt", "model": "Model",
+          "guidance_scale": "Guidance", "prior_steps": "Prior steps", "strength": "Strength",
+          "prior_guidance_scale": "Prior guidance", "feather": "Feather"}  # fmt: skip
+# phone screens: no fixed widths, columns stack (their min_width), the editor's canvas shrinks to fit
+CSS = """
+.gradio-container { max-width: 1400px !important; }
+#kandi-head h1 { margin: 0; }
+.kandi-status p { margin: 0; }
+@media (max-width: 640px) { .gradio-container { padding: 4px !important; } }
+"""
 
 
-def mount_ui(app: FastAPI, server: Any) -> None:
-    """Mount the web UI at /ui."""
+# ------------------------------------------------------------------------------------ pure helpers
+
+
+def preset_size(aspect: str, default: int, max_side: int) -> tuple[int, int]:
+    """(width, height) of about the model's default area at `aspect`, in multiples of 64 within the limit."""
+    a, b = ASPECTS[aspect]
+    top = max(64, max_side // 64 * 64)
+
+    def side(v: float) -> int:
+        return min(top, max(64, round(v / 64) * 64))
+
+    return side(default * math.sqrt(a / b)), side(default * math.sqrt(b / a))
+
+
+def editor_mask(value: dict[str, Any] | None) -> Image.Image | None:
+    """The repaint mask of a gr.ImageEditor value: white where any brush layer has paint, as an "L"
+    image of the background's size; None when nothing is painted."""
+    from PIL import Image, ImageChops
+
+    if not value or value.get("background") is None:
+        return None
+    size = value["background"].size
+    mask = Image.new("L", size, 0)
+    for layer in value.get("layers") or []:
+        if layer is None:
+            continue
+        alpha = layer.convert("RGBA").getchannel("A")
+        if alpha.size != size:  # a layer drawn on a canvas of another size still covers the same area
+            alpha = alpha.resize(size, Image.Resampling.NEAREST)
+        mask = ImageChops.lighter(mask, alpha.point(lambda v: 255 if v > 0 else 0))
+    return mask if mask.getbbox() else None
+
+
+def png_base64(image: Image.Image) -> str:
+    """An image as the base64 PNG the API's bodies take (lossless, so masks stay exact)."""
+    buf = io.BytesIO()
+    image.save(buf, format="PNG")
+    return base64.b64encode(buf.getvalue()).decode("ascii")
+
+
+def user_message(exc: Exception) -> str:
+    """One sentence for the user, naming the field by its label in the UI."""
+    if isinstance(exc, FieldError):
+        return f"{_label(exc.field)}: {exc.message}"
+    if isinstance(exc, ValidationError):
+        first = exc.errors()[0]
+        where = ".".join(str(x) for x in first.get("loc", ()))
+        return f"{_label(where)}: {first.get('msg', 'invalid value')}" if where else first.get("msg", "")
+    if isinstance(exc, QueueFull):
+        return f"The server is busy (every place in its queue is taken); try again in {exc.retry_after} s."
+    return str(exc)
+
+
+def _label(field_name: str) -> str:
+    head, dot, rest = field_name.partition(".")
+    if head.startswith("items[") and head.endswith("]") and head[6:-1].isdigit():
+        return f"Item {int(head[6:-1]) + 1}" + (f" {rest}" if dot else "")
+    if head == "outpaint":
+        return "Margins"
+    return LABELS.get(field_name, field_name)
+
+
+def describe(job: Job) -> str:
+    """The progress bar's text: where the job is."""
+    if job.status == "queued":
+        return "waiting for a free worker"
+    s = job.step
+    if s is None:
+        return "starting"
+    head = f"image {s.image + 1}/{s.num_images} · " if s.num_images > 1 else ""
+    return f"{head}{s.stage} · step {s.step}/{s.total}"
+
+
+# ------------------------------------------------------------------------------- request bodies
+
+
+def build_body(task: str, v: dict[str, Any], family: str) -> BaseModel:
+    """The native API body of `task` from the UI's values (`v`: field name -> component value)."""
+    common: dict[str, Any] = {
+        "model": v.get("model") or None,
+        "prompt": v.get("prompt") or "",
+        "negative_prompt": v.get("negative_prompt") or None,
+        "steps": _int(v.get("steps")),
+        "guidance_scale": v.get("guidance_scale"),
+        "seed": _seed(v.get("seed")),
+        "num_images": _int(v.get("num_images")) or 1,
+        "scheduler": v.get("scheduler") if v.get("scheduler") in ("ddpm", "ddim") else None,
+    }
+    if family != "k3":  # Kandinsky 3 has no prior
+        common |= {
+            "prior_steps": _int(v.get("prior_steps")),
+            "prior_guidance_scale": v.get("prior_guidance_scale"),
+        }
+    if not v.get("input_size"):
+        common |= {"width": _int(v.get("width")), "height": _int(v.get("height"))}
+    fields = {**common, **_task_fields(task, v)}
+    return BODIES[task](**{k: x for k, x in fields.items() if x is not None})
+
+
+def _task_fields(task: str, v: dict[str, Any]) -> dict[str, Any]:
+    if task == "img2img":
+        return {
+            "image": _image(v.get("image"), "image", "upload the image to redraw"),
+            "strength": v.get("strength"),
+        }
+    if task == "inpaint":
+        return _inpaint_fields(v)
+    if task == "mix":
+        return _mix_fields(v)
+    if task == "controlnet":
+        hint = _image(v.get("hint"), "hint", "upload a depth map (white = near)")
+        if v.get("image") is None:
+            return {"hint": hint}
+        return {"hint": hint, "image": png_base64(v["image"]), "strength": v.get("strength")}
+    return {}
+
+
+def _inpaint_fields(v: dict[str, Any]) -> dict[str, Any]:
+    editor = v.get("editor") or {}
+    image = _image(editor.get("background"), "image", "upload the image to repaint or extend")
+    out: dict[str, Any] = {"image": image, "strength": v.get("strength")}
+    if v.get("mode") == EXTEND:
+        margins = {k: _int(v.get(k)) or 0 for k in ("left", "top", "right", "bottom")}
+        if not any(margins.values()):
+            raise FieldError("outpaint", "set at least one margin to extend the image by")
+        return out | {"outpaint": margins, "width": None, "height": None}
+    mask = editor_mask(editor)
+    if mask is None:
+        raise FieldError("mask", "paint over the part to repaint with the brush (or choose to extend)")
+    feather = _int(v.get("feather"))
+    return out | {"mask": png_base64(mask), "paste_back": bool(v.get("paste_back")), "feather": feather}
+
+
+def _mix_fields(v: dict[str, Any]) -> dict[str, Any]:
+    items = []
+    for k in range(MIX_SLOTS):
+        weight = v.get(f"weight{k}")
+        if v.get(f"kind{k}") == "Image":
+            if v.get(f"image{k}") is not None:
+                items.append({"image": png_base64(v[f"image{k}"]), "weight": weight})
+        elif (v.get(f"text{k}") or "").strip():
+            items.append({"text": v[f"text{k}"].strip(), "weight": weight})
+    if len(items) < 2:
+        raise FieldError("items", "give at least two items (texts or images) to mix")
+    return {"items": items, "prompt": ""}
+
+
+def _image(im: Image.Image | None, name: str, hint: str) -> str:
+    if im is None:
+        raise FieldError(name, hint)
+    return png_base64(im)
+
+
+def _int(x: Any) -> int | None:
+    return None if x is None or x == "" else int(round(float(x)))
+
+
+def _seed(x: Any) -> int | None:
+    s = _int(x)
+    return None if s is None or s < 0 else s  # -1 (or any negative): a random seed, shown afterwards
+
+
+# ---------------------------------------------------------------------------------- the UI's state
+
+
+@dataclass
+class Outcome:
+    """What a Generate shows: the images' files (with their metadata), seeds and a status line."""
+
+    files: list[str] = field(default_factory=list)
+    seeds: list[int] = field(default_factory=list)
+    status: str = ""
+    error: bool = False
+
+    @property
+    def gallery(self) -> list[tuple[str, str]]:
+        return [(f, f"seed {s}") for f, s in zip(self.files, self.seeds)]
+
+
+class UI:
+    """The callbacks, apart from Gradio's components so that tests can call them directly."""
+
+    def __init__(self, server: Server, outdir: Path) -> None:
+        self.server, self.outdir = server, outdir
+        self.running: dict[tuple[str, str], Job] = {}  # (browser session, tab) -> its job
+
+    def entry(self, model: str | None) -> Entry:
+        return self.server.engine.entry(model)
+
+    def defaults(self, model: str | None) -> dict[str, Any]:
+        """The model's own defaults, within this server's limits."""
+        lim, d = self.server.limits, dict(self.entry(model).defaults())
+        for k in ("width", "height"):
+            d[k] = min(d[k], lim.max_side // 64 * 64)
+        d["steps"] = min(d["steps"], lim.max_steps)
+        if "prior_steps" in d:
+            d["prior_steps"] = min(d["prior_steps"], lim.max_steps)
+        return d
+
+    def tasks(self, model: str | None) -> list[str]:
+        supported = self.entry(model).tasks()
+        return [name for name, task in TASKS.items() if task in supported]
+
+    def aspect(self, aspect: str | None, model: str | None) -> tuple[int, int]:
+        if aspect not in ASPECTS:
+            return self.defaults(model)["width"], self.defaults(model)["height"]
+        return preset_size(aspect, self.entry(model).defaults()["width"], self.server.limits.max_side)
+
+    def submit(self, task: str, values: dict[str, Any]) -> Job:
+        """Check the values as the API would and queue the job; FieldError, ValidationError or QueueFull."""
+        try:
+            family = self.entry(values.get("model")).family
+        except LookupError as e:
+            raise FieldError("model", str(e)) from None
+        body = build_body(task, values, family)
+        label, req = plan(task, body, self.server.engine, self.server.limits)
+        return self.server.submit(label, req, {"task": task, "client": "ui"})
+
+    async def generate(
+        self, task: str, values: dict[str, Any], session: str, progress: Any = None
+    ) -> Outcome:
+        """Run one Generate click to its end, reporting progress; user mistakes come back as the status."""
+        try:
+            job = self.submit(task, values)
+        except (FieldError, ValidationError, QueueFull) as e:
+            return Outcome(status=user_message(e), error=True)
+        self.running[(session, task)] = job
+        try:
+            await self._follow(job, progress)
+        finally:
+            if job.status not in FINISHED:  # the page went away: free the worker
+                self.server.queue.cancel(job)
+            if self.running.get((session, task)) is job:
+                del self.running[(session, task)]
+        return self._outcome(job)
+
+    def cancel(self, task: str, session: str) -> str:
+        job = self.running.get((session, task))
+        if job is None:
+            return "Nothing is running."
+        self.server.queue.cancel(job)
+        return "Cancelling…"
+
+    async def _follow(self, job: Job, progress: Any) -> None:
+        q = job.watch()
+        try:
+            while job.status not in FINISHED:
+                if progress is not None:
+                    progress(job.progress, desc=describe(job))
+                await q.get()
+        finally:
+            job.unwatch(q)
+
+    def _outcome(self, job: Job) -> Outcome:
+        files = self._save(job)
+        seeds = [g.seed for g in job.images]
+        if job.status == "failed":
+            return Outcome(status=job.error or "failed", error=True)
+        took = (job.finished or time.monotonic()) - (job.started or job.created)
+        if job.status == "cancelled":
+            return Outcome(files, seeds, f"Cancelled ({len(files)} image(s) finished before).")
+        g = job.images[0]
+        notes = "".join(f" · {n}" for n in job.meta.get("notes", []))
+        return Outcome(files, seeds, f"{len(files)} image(s) · {g.width}×{g.height} · {took:.1f} s{notes}")
+
+    def _save(self, job: Job) -> list[str]:
+        """Write the job's PNGs as they are (metadata included) for the gallery and the downloads."""
+        self._prune()
+        folder = self.outdir / job.id
+        folder.mkdir(parents=True, exist_ok=True)
+        paths = []
+        for k, g in enumerate(job.images):
+            path = folder / f"kandi-{g.seed}.png" if len(job.images) == len({i.seed for i in job.images}) \
+                else folder / f"kandi-{g.seed}-{k}.png"  # fmt: skip
+            path.write_bytes(g.png)
+            paths.append(str(path))
+        return paths
+
+    def _prune(self) -> None:
+        cutoff = time.time() - KEEP_SECONDS
+        for d in self.outdir.iterdir():
+            if d.is_dir() and d.stat().st_mtime < cutoff:
+                shutil.rmtree(d, ignore_errors=True)
+
+
+# -------------------------------------------------------------------------------------- mounting
+
+SYSTEM_FONTS = ("system-ui", "-apple-system", "Segoe UI", "Roboto", "Helvetica Neue", "Arial", "sans-serif")
+MONO_FONTS = ("ui-monospace", "SFMono-Regular", "Menlo", "Consolas", "monospace")
+
+
+def mount_ui(app: FastAPI, server: Server) -> None:
+    """Mount the web UI at /ui (Gradio, in the same process and on the same queue as the API)."""
+    import atexit
+
     import gradio as gr
 
-    with gr.Blocks(title="kandi", analytics_enabled=False) as blocks:
-        gr.Markdown("# kandi")
+    outdir = Path(tempfile.mkdtemp(prefix="kandi-ui-"))
+    atexit.register(shutil.rmtree, outdir, True)
+    blocks = build_blocks(UI(server, outdir))
+    # system fonts: the page loads nothing from the internet (a closed network or a phone offline)
+    theme = gr.themes.Default(font=SYSTEM_FONTS, font_mono=MONO_FONTS)
     gr.mount_gradio_app(app, blocks, path="/ui", footer_links=[], run_history=False, ssr_mode=False,
-                        mcp_server=False, pwa=False)
+                        mcp_server=False, pwa=False, theme=theme, css=CSS, allowed_paths=[str(outdir)],
+                        max_file_size=server.limits.max_upload_bytes)  # fmt: skip
+
+
+def build_blocks(ui: UI) -> Any:
+    """The Gradio Blocks: a header, the model choice and a tab per task the model can do."""
+    import gradio as gr
+
+    engine = ui.server.engine
+    model = engine.default
+    with gr.Blocks(
+        title="kandi", analytics_enabled=False, delete_cache=(KEEP_SECONDS, KEEP_SECONDS)
+    ) as blocks:
+        with gr.Row(equal_height=True):
+            gr.Markdown(_header(ui, model), elem_id="kandi-head", min_width=240)
+            choice = gr.Dropdown(list(engine.entries), value=model, label="Model", min_width=200,
+                                 visible=len(engine.entries) > 1, elem_id="kandi-model")  # fmt: skip
+        tabs, tuned = [], []
+        with gr.Tabs(selected="txt2img") as tabset:
+            for task, title in TABS.items():
+                with gr.Tab(title, id=task, visible=task in ui.tasks(model), elem_id=f"tab-{task}") as tab:
+                    c = _task_tab(gr, ui, task, choice)
+                tabs.append(tab)
+                tuned += [c[k] for k in TUNED]
+
+        def on_model(label: str) -> list:
+            d, ok, k3 = ui.defaults(label), ui.tasks(label), ui.entry(label).family == "k3"
+            per_tab = [gr.update(value=d[k]) if k in d else gr.update() for k in TUNED[:4]]
+            per_tab += [gr.update(visible=not k3, value=d.get(k)) for k in TUNED[4:]]
+            jump = gr.update(selected="txt2img") if len(ok) < len(TABS) else gr.update()
+            return [gr.update(visible=t in ok) for t in TABS] + per_tab * len(TABS) + [jump]
+
+        choice.change(on_model, choice, [*tabs, *tuned, tabset], api_visibility="private")
+    return blocks
+
+
+TUNED = ("width", "height", "steps", "guidance_scale", "prior_steps", "prior_guidance_scale")  # per model
+
+
+def _header(ui: UI, model: str) -> str:
+    entries = ui.server.engine.entries
+    what = " · ".join(f"**{e.label}** ({FAMILIES.get(e.family, e.family)})" for e in entries.values())
+    return f"# kandi\n{what} · [API docs](/docs)"
+
+
+def _task_tab(gr: Any, ui: UI, task: str, model: Any) -> dict[str, Any]:
+    """One tab: its inputs on the left, the images on the right (stacked on a narrow screen)."""
+    d, lim = ui.defaults(model.value), ui.server.limits
+    k3 = ui.entry(model.value).family == "k3"
+    c: dict[str, Any] = {"model": model}
+    with gr.Row(equal_height=False):
+        with gr.Column(min_width=300):
+            if task != "mix":
+                c["prompt"] = gr.Textbox(label="Prompt", lines=2, placeholder="what to draw",
+                                         elem_id=f"{task}-prompt")  # fmt: skip
+            _task_inputs(gr, task, c)
+            c["negative_prompt"] = gr.Textbox(label="Negative prompt", placeholder="what not to draw")
+            with gr.Row():
+                go = gr.Button("Generate", variant="primary", elem_id=f"{task}-generate", min_width=120)
+                stop = gr.Button("Cancel", variant="secondary", elem_id=f"{task}-cancel", min_width=90)
+            _size_inputs(gr, ui, task, c, d)
+            with gr.Row():
+                c["steps"] = gr.Slider(1, lim.max_steps, d["steps"], step=1, label="Steps", min_width=140,
+                                       elem_id=f"{task}-steps")  # fmt: skip
+                c["guidance_scale"] = gr.Slider(0, 20, d["guidance_scale"], step=0.5, label="Guidance",
+                                                min_width=140, elem_id=f"{task}-guidance")  # fmt: skip
+            with gr.Row():
+                c["seed"] = gr.Number(-1, label="Seed (-1: random)", precision=0, minimum=-1, min_width=140,
+                                      elem_id=f"{task}-seed")  # fmt: skip
+                c["num_images"] = gr.Slider(1, lim.max_images, 1, step=1, label="Images", min_width=140,
+                                            elem_id=f"{task}-images")  # fmt: skip
+            with gr.Accordion("More options", open=False, elem_id=f"{task}-more"):
+                with gr.Row():
+                    c["prior_steps"] = gr.Slider(1, lim.max_steps, d.get("prior_steps", 25), step=1, visible=not k3,
+                                                 label="Prior steps", min_width=140, elem_id=f"{task}-prior-steps")  # fmt: skip
+                    c["prior_guidance_scale"] = gr.Slider(0, 20, d.get("prior_guidance_scale", 4), step=0.5,
+                                                          visible=not k3, label="Prior guidance", min_width=140)  # fmt: skip
+                c["scheduler"] = gr.Dropdown(["model default", "ddpm", "ddim"], value="model default",
+                                             label="Sampler")  # fmt: skip
+        with gr.Column(min_width=300):
+            out = _outputs(gr, task)
+    _wire(gr, ui, task, c, go, stop, out)
+    return c
+
+
+def _task_inputs(gr: Any, task: str, c: dict[str, Any]) -> None:
+    image = {"type": "pil", "image_mode": "RGB", "sources": ["upload", "clipboard"], "height": 240}
+    if task == "img2img":
+        c["image"] = gr.Image(label="Image to redraw", elem_id="img2img-image", **image)
+        c["strength"] = gr.Slider(0, 1, 0.3, step=0.05, label="Strength (more: further from the image)")
+    elif task == "inpaint":
+        _inpaint_inputs(gr, c)
+    elif task == "mix":
+        _mix_inputs(gr, c)
+    elif task == "controlnet":
+        c["hint"] = gr.Image(label="Depth hint (white = near)", elem_id="controlnet-hint", **image)
+        c["image"] = gr.Image(label="Start from this image (optional)", **image)
+        c["strength"] = gr.Slider(0, 1, 0.3, step=0.05, label="Strength (with a start image)")
+
+
+def _inpaint_inputs(gr: Any, c: dict[str, Any]) -> None:
+    # RGBA: in RGB mode Gradio drops the layers' alpha, which is where the painted mask is
+    c["editor"] = gr.ImageEditor(label="Image: paint over what to repaint", type="pil", image_mode="RGBA",
+                                 format="png", sources=["upload", "clipboard"], layers=False, transforms=(),
+                                 brush=gr.Brush(colors=["rgba(255, 0, 255, 0.7)"], color_mode="fixed"),
+                                 height=380, elem_id="inpaint-editor")  # fmt: skip
+    c["mode"] = gr.Radio([REPAINT, EXTEND], value=REPAINT, label="Mode", elem_id="inpaint-mode")
+    with gr.Column(visible=False) as margins:
+        with gr.Row():
+            for side in ("left", "top", "right", "bottom"):
+                c[side] = gr.Slider(0, 512, 0, step=16, label=f"Extend {side}", min_width=140)
+    with gr.Row():
+        c["strength"] = gr.Slider(0, 1, 1.0, step=0.05, label="Strength", min_width=140)
+        c["feather"] = gr.Slider(0, 64, 0, step=1, label="Feather (soft edge, px)", min_width=140)
+    c["paste_back"] = gr.Checkbox(False, label="Keep the unpainted pixels exactly")
+    c["mode"].change(lambda m: gr.update(visible=m == EXTEND), c["mode"], margins, api_visibility="private")
+
+
+def _mix_inputs(gr: Any, c: dict[str, Any]) -> None:
+    gr.Markdown("Mix two to four texts or images; the sliders weigh them.")
+    for k in range(MIX_SLOTS):
+        with gr.Group():
+            with gr.Row():
+                c[f"kind{k}"] = gr.Radio(
+                    ["Text", "Image"], value="Text", label=f"Item {k + 1}", min_width=140
+                )
+                c[f"weight{k}"] = gr.Slider(0, 1, 0.5, step=0.05, label="Weight", min_width=140,
+                                            elem_id=f"mix-weight{k}")  # fmt: skip
+            c[f"text{k}"] = gr.Textbox(show_label=False, placeholder="a text", elem_id=f"mix-text{k}")
+            c[f"image{k}"] = gr.Image(type="pil", image_mode="RGB", show_label=False, visible=False, height=200,
+                                      sources=["upload", "clipboard"])  # fmt: skip
+
+        def kind(v: str) -> tuple:
+            return gr.update(visible=v == "Text"), gr.update(visible=v == "Image")
+
+        c[f"kind{k}"].change(kind, c[f"kind{k}"], [c[f"text{k}"], c[f"image{k}"]], api_visibility="private")
+
+
+def _size_inputs(gr: Any, ui: UI, task: str, c: dict[str, Any], d: dict[str, Any]) -> None:
+    """Aspect presets and width/height; editing tasks default to the input image's size."""
+    top = ui.server.limits.max_side // 64 * 64
+    with gr.Column() as area:
+        if task in ("img2img", "inpaint", "controlnet"):
+            c["input_size"] = gr.Checkbox(True, label="Size of the input image")
+        with gr.Column(visible="input_size" not in c) as box:
+            aspect = gr.Radio(list(ASPECTS), value="1:1", label="Aspect ratio", elem_id=f"{task}-aspect")
+            with gr.Row():
+                c["width"] = gr.Slider(64, top, d["width"], step=64, label="Width", min_width=140,
+                                       elem_id=f"{task}-width")  # fmt: skip
+                c["height"] = gr.Slider(64, top, d["height"], step=64, label="Height", min_width=140,
+                                        elem_id=f"{task}-height")  # fmt: skip
+    aspect.input(ui.aspect, [aspect, c["model"]], [c["width"], c["height"]], api_visibility="private")
+    if "input_size" in c:
+        c["input_size"].change(
+            lambda on: gr.update(visible=not on), c["input_size"], box, api_visibility="private"
+        )
+    if task == "inpaint":  # outpainting sizes the canvas itself: image plus margins
+        c["mode"].change(lambda m: gr.update(visible=m != EXTEND), c["mode"], area, api_visibility="private")
+
+
+def _outputs(gr: Any, task: str) -> dict[str, Any]:
+    o = {"gallery": gr.Gallery(label="Images", columns=2, object_fit="contain", interactive=False,
+                               buttons=["download", "fullscreen"], elem_id=f"{task}-gallery")}  # fmt: skip
+    with gr.Row(equal_height=True):
+        o["used"] = gr.Textbox(
+            label="Seed used", interactive=False, min_width=140, elem_id=f"{task}-seed-used"
+        )
+        o["reuse"] = gr.Button("Reuse seed", min_width=100, elem_id=f"{task}-reuse")
+    o["files"] = gr.File(label="Download (PNG with its metadata)", file_count="multiple", interactive=False,
+                         elem_id=f"{task}-files")  # fmt: skip
+    o["status"] = gr.Markdown(elem_classes="kandi-status", elem_id=f"{task}-status")
+    o["seeds"], o["picked"] = gr.State([]), gr.State(0)
+    return o
+
+
+def _wire(gr: Any, ui: UI, task: str, c: dict[str, Any], go: Any, stop: Any, o: dict[str, Any]) -> None:
+    names = {comp: name for name, comp in c.items()}
+
+    async def run(data: dict, request: gr.Request, progress: gr.Progress = gr.Progress()) -> tuple:
+        values = {names[k]: v for k, v in data.items()}
+        out = await ui.generate(task, values, getattr(request, "session_hash", None) or "", progress)
+        if out.error:
+            gr.Warning(out.status)
+            return gr.skip(), gr.skip(), gr.skip(), gr.skip(), f"⚠️ {out.status}"
+        return out.gallery, out.files, out.seeds, ", ".join(map(str, out.seeds)), out.status
+
+    def cancel(request: gr.Request) -> str:
+        return ui.cancel(task, getattr(request, "session_hash", None) or "")
+
+    def picked(evt: gr.SelectData) -> int:
+        return evt.index
+
+    def reuse(seeds: list[int], index: int) -> Any:
+        return seeds[index] if seeds and 0 <= index < len(seeds) else gr.skip()
+
+    # no Gradio concurrency limit: the server's own bounded queue decides, and says when it is full
+    go.click(run, set(c.values()), [o["gallery"], o["files"], o["seeds"], o["used"], o["status"]],
+             concurrency_limit=None, show_progress_on=[o["gallery"]], api_visibility="private")  # fmt: skip
+    stop.click(cancel, None, o["status"], queue=False, api_visibility="private")
+    o["gallery"].select(picked, None, o["picked"], api_visibility="private")
+    o["reuse"].click(reuse, [o["seeds"], o["picked"]], c["seed"], api_visibility="private")
