@@ -92,18 +92,25 @@ class ServerProcess:
                "--offline", "--no-ui", "--workers", str(self.workers), "--queue", str(self.queue)]  # fmt: skip
         return cmd + (["--prior", str(self.prior)] if self.prior else []) + list(self.extra)
 
-    def start(self, timeout: float = 120) -> ServerProcess:
+    def launch(self) -> ServerProcess:
+        """Start the process on a free port without waiting for it (`start()` waits)."""
         env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HUB_DISABLE_TELEMETRY": "1"}
         if self.threads > 0:
             # tiny models gain nothing from intra-op threads; on a small machine the extra threads of
             # every worker fight over the cores (a 64x64 step went from 60 ms to 700 ms here under load)
             env["OMP_NUM_THREADS"] = str(self.threads)
-        for _ in range(3):  # a free port can be taken by someone else before the server binds it
-            self.port = free_port()
-            self._log.seek(0)
-            self._log.truncate()
-            self.proc = subprocess.Popen(self.command(self.port), env=env, stdout=self._log,
-                                         stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)  # fmt: skip
+        self.port = free_port()
+        self._log.seek(0)
+        self._log.truncate()
+        self.proc = subprocess.Popen(self.command(self.port), env=env, stdout=self._log,
+                                     stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)  # fmt: skip
+        return self
+
+    def start(self, timeout: float = 120) -> ServerProcess:
+        """Launch (unless `launch()` was called) and return once GET /health answers."""
+        for attempt in range(3):  # a free port can be taken by someone else before the server binds it
+            if self.proc is None or attempt:
+                self.launch()
             if self._wait_healthy(timeout):
                 return self
             if "address already in use" not in self.log_tail().lower():
@@ -143,7 +150,7 @@ class ServerProcess:
         self._log.close()
 
     def __enter__(self) -> ServerProcess:
-        return self.start() if self.proc is None else self
+        return self.start()
 
     def __exit__(self, *exc: object) -> None:
         self.close()
