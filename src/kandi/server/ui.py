@@ -8,6 +8,7 @@ the engine wrote, so their metadata (the A1111 `parameters` text and kandi's JSO
 
 from __future__ import annotations
 
+import atexit
 import base64
 import io
 import math
@@ -18,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import gradio as gr
 from fastapi import FastAPI
 from pydantic import BaseModel, ValidationError
 
@@ -345,10 +347,6 @@ MONO_FONTS = ("ui-monospace", "SFMono-Regular", "Menlo", "Consolas", "monospace"
 
 def mount_ui(app: FastAPI, server: Server) -> None:
     """Mount the web UI at /ui (Gradio, in the same process and on the same queue as the API)."""
-    import atexit
-
-    import gradio as gr
-
     outdir = Path(tempfile.mkdtemp(prefix="kandi-ui-"))
     atexit.register(shutil.rmtree, outdir, True)
     blocks = build_blocks(UI(server, outdir))
@@ -359,10 +357,8 @@ def mount_ui(app: FastAPI, server: Server) -> None:
                         max_file_size=server.limits.max_upload_bytes)  # fmt: skip
 
 
-def build_blocks(ui: UI) -> Any:
+def build_blocks(ui: UI) -> gr.Blocks:
     """The Gradio Blocks: a header, the model choice and a tab per task the model can do."""
-    import gradio as gr
-
     engine = ui.server.engine
     model = engine.default
     with gr.Blocks(
@@ -376,7 +372,7 @@ def build_blocks(ui: UI) -> Any:
         with gr.Tabs(selected="txt2img") as tabset:
             for task, title in TABS.items():
                 with gr.Tab(title, id=task, visible=task in ui.tasks(model), elem_id=f"tab-{task}") as tab:
-                    c = _task_tab(gr, ui, task, choice)
+                    c = _task_tab(ui, task, choice)
                 tabs.append(tab)
                 tuned += [c[k] for k in TUNED]
 
@@ -400,7 +396,7 @@ def _header(ui: UI, model: str) -> str:
     return f"# kandi\n{what} · [API docs](/docs)"
 
 
-def _task_tab(gr: Any, ui: UI, task: str, model: Any) -> dict[str, Any]:
+def _task_tab(ui: UI, task: str, model: Any) -> dict[str, Any]:
     """One tab: its inputs on the left, the images on the right (stacked on a narrow screen)."""
     d, lim = ui.defaults(model.value), ui.server.limits
     k3 = ui.entry(model.value).family == "k3"
@@ -410,12 +406,12 @@ def _task_tab(gr: Any, ui: UI, task: str, model: Any) -> dict[str, Any]:
             if task != "mix":
                 c["prompt"] = gr.Textbox(label="Prompt", lines=2, placeholder="what to draw",
                                          elem_id=f"{task}-prompt")  # fmt: skip
-            _task_inputs(gr, task, c)
+            _task_inputs(task, c)
             c["negative_prompt"] = gr.Textbox(label="Negative prompt", placeholder="what not to draw")
             with gr.Row():
                 go = gr.Button("Generate", variant="primary", elem_id=f"{task}-generate", min_width=120)
                 stop = gr.Button("Cancel", variant="secondary", elem_id=f"{task}-cancel", min_width=90)
-            _size_inputs(gr, ui, task, c, d)
+            _size_inputs(ui, task, c, d)
             with gr.Row():
                 c["steps"] = gr.Slider(1, lim.max_steps, d["steps"], step=1, label="Steps", min_width=140,
                                        elem_id=f"{task}-steps")  # fmt: skip
@@ -435,27 +431,27 @@ def _task_tab(gr: Any, ui: UI, task: str, model: Any) -> dict[str, Any]:
                 c["scheduler"] = gr.Dropdown(["model default", "ddpm", "ddim"], value="model default",
                                              label="Sampler")  # fmt: skip
         with gr.Column(min_width=300):
-            out = _outputs(gr, task)
-    _wire(gr, ui, task, c, go, stop, out)
+            out = _outputs(task)
+    _wire(ui, task, c, go, stop, out)
     return c
 
 
-def _task_inputs(gr: Any, task: str, c: dict[str, Any]) -> None:
+def _task_inputs(task: str, c: dict[str, Any]) -> None:
     image = {"type": "pil", "image_mode": "RGB", "sources": ["upload", "clipboard"], "height": 240}
     if task == "img2img":
         c["image"] = gr.Image(label="Image to redraw", elem_id="img2img-image", **image)
         c["strength"] = gr.Slider(0, 1, 0.3, step=0.05, label="Strength (more: further from the image)")
     elif task == "inpaint":
-        _inpaint_inputs(gr, c)
+        _inpaint_inputs(c)
     elif task == "mix":
-        _mix_inputs(gr, c)
+        _mix_inputs(c)
     elif task == "controlnet":
         c["hint"] = gr.Image(label="Depth hint (white = near)", elem_id="controlnet-hint", **image)
         c["image"] = gr.Image(label="Start from this image (optional)", **image)
         c["strength"] = gr.Slider(0, 1, 0.3, step=0.05, label="Strength (with a start image)")
 
 
-def _inpaint_inputs(gr: Any, c: dict[str, Any]) -> None:
+def _inpaint_inputs(c: dict[str, Any]) -> None:
     # RGBA: in RGB mode Gradio drops the layers' alpha, which is where the painted mask is
     c["editor"] = gr.ImageEditor(label="Image: paint over what to repaint", type="pil", image_mode="RGBA",
                                  format="png", sources=["upload", "clipboard"], layers=False, transforms=(),
@@ -473,7 +469,7 @@ def _inpaint_inputs(gr: Any, c: dict[str, Any]) -> None:
     c["mode"].change(lambda m: gr.update(visible=m == EXTEND), c["mode"], margins, api_visibility="private")
 
 
-def _mix_inputs(gr: Any, c: dict[str, Any]) -> None:
+def _mix_inputs(c: dict[str, Any]) -> None:
     gr.Markdown("Mix two to four texts or images; the sliders weigh them.")
     for k in range(MIX_SLOTS):
         with gr.Group():
@@ -493,7 +489,7 @@ def _mix_inputs(gr: Any, c: dict[str, Any]) -> None:
         c[f"kind{k}"].change(kind, c[f"kind{k}"], [c[f"text{k}"], c[f"image{k}"]], api_visibility="private")
 
 
-def _size_inputs(gr: Any, ui: UI, task: str, c: dict[str, Any], d: dict[str, Any]) -> None:
+def _size_inputs(ui: UI, task: str, c: dict[str, Any], d: dict[str, Any]) -> None:
     """Aspect presets and width/height; editing tasks default to the input image's size."""
     top = ui.server.limits.max_side // 64 * 64
     with gr.Column() as area:
@@ -515,22 +511,22 @@ def _size_inputs(gr: Any, ui: UI, task: str, c: dict[str, Any], d: dict[str, Any
         c["mode"].change(lambda m: gr.update(visible=m != EXTEND), c["mode"], area, api_visibility="private")
 
 
-def _outputs(gr: Any, task: str) -> dict[str, Any]:
+def _outputs(task: str) -> dict[str, Any]:
     o = {"gallery": gr.Gallery(label="Images", columns=2, object_fit="contain", interactive=False,
                                buttons=["download", "fullscreen"], elem_id=f"{task}-gallery")}  # fmt: skip
-    with gr.Row(equal_height=True):
+    with gr.Row():
         o["used"] = gr.Textbox(
             label="Seed used", interactive=False, min_width=140, elem_id=f"{task}-seed-used"
         )
-        o["reuse"] = gr.Button("Reuse seed", min_width=100, elem_id=f"{task}-reuse")
+        o["reuse"] = gr.Button("Reuse seed", size="md", min_width=100, elem_id=f"{task}-reuse")
     o["files"] = gr.File(label="Download (PNG with its metadata)", file_count="multiple", interactive=False,
-                         elem_id=f"{task}-files")  # fmt: skip
+                         height=120, elem_id=f"{task}-files")  # fmt: skip
     o["status"] = gr.Markdown(elem_classes="kandi-status", elem_id=f"{task}-status")
     o["seeds"], o["picked"] = gr.State([]), gr.State(0)
     return o
 
 
-def _wire(gr: Any, ui: UI, task: str, c: dict[str, Any], go: Any, stop: Any, o: dict[str, Any]) -> None:
+def _wire(ui: UI, task: str, c: dict[str, Any], go: Any, stop: Any, o: dict[str, Any]) -> None:
     names = {comp: name for name, comp in c.items()}
 
     async def run(data: dict, request: gr.Request, progress: gr.Progress = gr.Progress()) -> tuple:
@@ -538,8 +534,8 @@ def _wire(gr: Any, ui: UI, task: str, c: dict[str, Any], go: Any, stop: Any, o: 
         out = await ui.generate(task, values, getattr(request, "session_hash", None) or "", progress)
         if out.error:
             gr.Warning(out.status)
-            return gr.skip(), gr.skip(), gr.skip(), gr.skip(), f"⚠️ {out.status}"
-        return out.gallery, out.files, out.seeds, ", ".join(map(str, out.seeds)), out.status
+            return gr.skip(), gr.skip(), gr.skip(), gr.skip(), gr.skip(), f"⚠️ {out.status}"
+        return out.gallery, out.files, out.seeds, 0, ", ".join(map(str, out.seeds)), out.status
 
     def cancel(request: gr.Request) -> str:
         return ui.cancel(task, getattr(request, "session_hash", None) or "")
@@ -551,7 +547,7 @@ def _wire(gr: Any, ui: UI, task: str, c: dict[str, Any], go: Any, stop: Any, o: 
         return seeds[index] if seeds and 0 <= index < len(seeds) else gr.skip()
 
     # no Gradio concurrency limit: the server's own bounded queue decides, and says when it is full
-    go.click(run, set(c.values()), [o["gallery"], o["files"], o["seeds"], o["used"], o["status"]],
+    go.click(run, set(c.values()), [o["gallery"], o["files"], o["seeds"], o["picked"], o["used"], o["status"]],
              concurrency_limit=None, show_progress_on=[o["gallery"]], api_visibility="private")  # fmt: skip
     stop.click(cancel, None, o["status"], queue=False, api_visibility="private")
     o["gallery"].select(picked, None, o["picked"], api_visibility="private")
