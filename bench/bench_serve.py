@@ -473,19 +473,27 @@ def main(argv: list[str] | None = None) -> int:
                    help="OMP_NUM_THREADS for the server (default 1; 0: leave the environment's)")  # fmt: skip
     p.add_argument("--warmup", type=int, default=2, help="requests before the burst, not counted (default 2)")
     p.add_argument("--json", action="store_true", help="print the results as JSON instead of the table")
+    p.add_argument("--out", type=Path, help="also write the JSON results to this file")
     a = p.parse_args(argv)
     if a.decoder is None:
         repos = tiny_repos()
         a.decoder, a.prior = repos["decoder"], a.prior or repos["prior"]
     load = Load(a.requests, a.concurrency, a.size, a.steps, a.prior_steps, retry=a.retry)
+    load_start = os.getloadavg() if hasattr(os, "getloadavg") else None  # other work on the machine
     command = " ".join(shlex.quote(x) for x in ["python", "bench/bench_serve.py", *(argv or sys.argv[1:])])
     with ServerProcess(a.decoder, a.prior, a.workers, a.queue, a.threads) as server:
         burst = run_burst(server, load, a.warmup)
         text = report(burst, server, command)
         server_cmd = " ".join(shlex.quote(x) for x in server.command(server.port))
+        if burst.problems():  # the server's own account of what went wrong (tracebacks of 500s)
+            print(f"server output (last 8000 characters):\n{server.log_tail(8000)}", file=sys.stderr)
+    results = {**burst.to_json(), "command": command, "server_command": server_cmd, "workers": a.workers,
+               "queue": a.queue, "threads": a.threads, "machine": machine() | {"loadavg_start": load_start}}  # fmt: skip
+    if a.out:
+        a.out.parent.mkdir(parents=True, exist_ok=True)
+        a.out.write_text(json.dumps(results, indent=2) + "\n")
     if a.json:
-        print(json.dumps({**burst.to_json(), "command": command, "server_command": server_cmd,
-                          "workers": a.workers, "queue": a.queue, "machine": machine()}, indent=2))  # fmt: skip
+        print(json.dumps(results, indent=2))
     else:
         print(text)
         print(f"server: {server_cmd}")
