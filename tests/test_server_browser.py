@@ -1,0 +1,242 @@
+"""The web UI in a real browser: `kandi serve` runs in a subprocess on the tiny 2.2 models (an offline
+cache), and Debian's Chromium, driven by Playwright, generates images through /ui as a person would.
+
+Without Chromium (or Playwright) these tests are skipped, unless KANDI_REQUIRE_BROWSER=1 (CI) makes
+that a failure. Screenshots go to a temporary folder, or to $KANDI_UI_SCREENSHOTS (e.g. `docs`, to
+refresh the README's docs/ui.png and docs/ui-phone.png).
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+import tiny
+from PIL import Image
+
+CHROMIUM = os.environ.get("KANDI_CHROMIUM", "/usr/bin/chromium")
+# on a closed network Chromium's own background connections (updates, sync...) must be off, or its
+# connections are refused; a fresh profile each launch (Playwright's default) keeps runs independent
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]  # fmt: skip
+DESKTOP, PHONE = {"width": 1280, "height": 900}, {"width": 390, "height": 844}
+TIMEOUT_MS = 60_000
+
+
+def _need_browser() -> None:
+    """Skip (or, with KANDI_REQUIRE_BROWSER=1, fail) when there is no browser to drive."""
+    reason = None
+    if not Path(CHROMIUM).exists():
+        reason = f"{CHROMIUM} is missing (Debian: apt-get install chromium)"
+    else:
+        try:
+            import playwright.sync_api  # noqa: F401
+        except ImportError:
+            reason = "playwright is not installed (pip install -e '.[test]')"
+    if reason:
+        if os.environ.get("KANDI_REQUIRE_BROWSER") == "1":
+            pytest.fail(f"KANDI_REQUIRE_BROWSER=1 but {reason}")
+        pytest.skip(reason)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def shots(tmp_path_factory) -> Path:
+    folder = Path(os.environ.get("KANDI_UI_SCREENSHOTS") or tmp_path_factory.mktemp("shots"))
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def server(k22_cache, tmp_path_factory) -> str:
+    """`kandi serve` on a free port; its URL once /health answers."""
+    _need_browser()
+    tmp = tmp_path_factory.mktemp("serve")
+    env = {**os.environ, **tiny.offline_env(k22_cache), "GRADIO_ANALYTICS_ENABLED": "False",
+           "GRADIO_TEMP_DIR": str(tmp / "gradio")}  # fmt: skip
+    port = _free_port()
+    log = (tmp / "serve.log").open("w")
+    cmd = [sys.executable, "-m", "kandi", "serve", "-m", "kandinsky-2.2", "--offline", "--port", str(port),
+           "--max-size", "512"]  # fmt: skip
+    proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        _wait_healthy(proc, url, tmp / "serve.log")
+        yield url
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        log.close()
+
+
+def _wait_healthy(proc: subprocess.Popen, url: str, log: Path, timeout: float = 120) -> None:
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if proc.poll() is not None:
+            pytest.fail(f"kandi serve exited with {proc.returncode}:\n{log.read_text()[-3000:]}")
+        try:
+            if httpx.get(f"{url}/health", timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.3)
+    pytest.fail(f"kandi serve did not answer /health in {timeout:.0f} s:\n{log.read_text()[-3000:]}")
+
+
+@pytest.fixture(scope="module")
+def browser(server):
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
+        yield b
+        b.close()
+
+
+def _open(browser, server: str, viewport: dict, **kw):
+    page = browser.new_page(viewport=viewport, **kw)
+    page.set_default_timeout(TIMEOUT_MS)
+    page.goto(server + "/")  # the app sends / to /ui/
+    page.wait_for_selector("#txt2img-prompt textarea")
+    return page
+
+
+def _set(page, elem_id: str, value: float) -> None:
+    """Type a value into a slider's number box (as a person would), which sets the slider."""
+    box = page.locator(f"#{elem_id} input[type=number]")
+    box.fill(str(value))
+    box.press("Enter")
+
+
+def _small(page, task: str) -> None:
+    """A fast request for the tiny models: 64x64, two prior and two decoder steps."""
+    for name, value in (("width", 64), ("height", 64), ("steps", 2)):
+        if page.locator(f"#{task}-{name}").is_visible():
+            _set(page, f"{task}-{name}", value)
+    page.locator(f"#{task}-more").click()
+    _set(page, f"{task}-prior-steps", 2)
+
+
+def _generate(page, task: str) -> Image.Image:
+    """Click Generate, wait for the gallery's image, and return that served PNG."""
+    page.locator(f"#{task}-generate").click()
+    # an image in the gallery, or a message in the status line (then say which)
+    page.wait_for_function(
+        f"document.querySelector('#{task}-gallery img') || "
+        f"document.querySelector('#{task}-status').innerText.includes('⚠️')"
+    )
+    status = page.locator(f"#{task}-status").inner_text()
+    assert "⚠️" not in status, status
+    png = page.request.get(page.locator(f"#{task}-gallery img").first.get_attribute("src"))
+    assert png.ok and png.headers["content-type"] == "image/png"
+    return Image.open(io.BytesIO(png.body()))
+
+
+def _no_sideways_scroll(page) -> None:
+    width, inner = page.evaluate("[document.documentElement.scrollWidth, window.innerWidth]")
+    assert width <= inner, f"the page is {width} px wide on a {inner} px screen"
+
+
+def test_generate_shows_the_image_its_seed_and_a_download_with_metadata(browser, server, shots):
+    page = _open(browser, server, DESKTOP)
+    page.locator("#txt2img-prompt textarea").fill("a red fox in the snow")
+    _small(page, "txt2img")
+    shown = _generate(page, "txt2img")
+    seed = page.locator("#txt2img-seed-used textarea, #txt2img-seed-used input").first.input_value()
+    assert seed.isdigit(), f"no seed shown: {seed!r}"
+    assert page.locator("#txt2img-status").inner_text().startswith("1 image(s) · 64×64")
+    # the gallery shows the engine's PNG itself: the A1111 parameters and kandi's JSON are there
+    assert shown.size == (64, 64)
+    assert shown.text["parameters"].startswith("a red fox in the snow")
+    assert f"Seed: {seed}" in shown.text["parameters"] and "kandi" in shown.text
+    # the download is the same file
+    assert f"kandi-{seed}\n.png" in page.locator("#txt2img-files").inner_text()  # name and extension
+    href = page.locator("#txt2img-files a[download]").first.get_attribute("href")
+    assert href.endswith(f"/kandi-{seed}.png"), href
+    download = page.request.get(href)
+    assert Image.open(io.BytesIO(download.body())).text == shown.text
+    # one click puts the seed back in the Seed box (it was -1: random)
+    seed_box = page.locator("#txt2img-seed input")
+    assert seed_box.input_value() == "-1"
+    page.locator("#txt2img-reuse").click()
+    page.wait_for_function(f"document.querySelector('#txt2img-seed input').value === '{seed}'")
+    page.screenshot(path=str(shots / "ui.png"), full_page=True)
+    page.close()
+
+
+def test_inpaint_paints_a_mask_in_the_editor(browser, server, tmp_path):
+    image = Image.fromarray((np.random.default_rng(1).random((64, 64, 3)) * 255).astype(np.uint8))
+    image.save(tmp_path / "in.png")
+    page = _open(browser, server, DESKTOP)
+    page.get_by_role("tab", name="Inpaint").click()
+    # the tab's components mount when it opens: upload once the editor is there, paint once it shows
+    # the picture (painting earlier would paint on the empty 800x800 canvas)
+    page.locator("#inpaint-editor button[aria-label=Upload]").wait_for()
+    page.locator("#inpaint-editor input[type=file]").set_input_files(str(tmp_path / "in.png"))
+    page.locator("#inpaint-editor").get_by_text("Upload an image").wait_for(state="hidden")
+    page.locator("#inpaint-editor button[aria-label=Brush]").click()
+    canvas = page.locator("#inpaint-editor canvas").first.bounding_box()
+    # a short stroke at the left of the picture (the picture is centred on the canvas)
+    x, y = canvas["x"] + canvas["width"] / 2 - canvas["height"] * 0.4, canvas["y"] + canvas["height"] / 2
+    page.mouse.move(x, y)
+    page.mouse.down()
+    for k in range(6):
+        page.mouse.move(x + 4 * k, y + 2 * k)
+    page.mouse.up()
+    page.locator("#inpaint-prompt textarea").fill("a cat")
+    page.get_by_label("Keep the unpainted pixels exactly").check()
+    _small(page, "inpaint")
+    result = np.asarray(_generate(page, "inpaint").convert("RGB"))
+    assert result.shape == (64, 64, 3), result.shape
+    kept = np.all(result == np.asarray(image), axis=2)
+    assert 0 < (~kept).sum() and kept[:, -16:].all(), "only the painted part (at the left) changes"
+    page.close()
+
+
+def test_phone_screen_stacks_without_sideways_scrolling(browser, server, shots):
+    page = _open(browser, server, PHONE, is_mobile=True, has_touch=True, device_scale_factor=2)
+    _no_sideways_scroll(page)
+    # a mistake is a message, not a traceback
+    _switch_tab(page, "Image to image")
+    _no_sideways_scroll(page)
+    page.locator("#img2img-generate").click()
+    status = page.locator("#img2img-status")
+    status.filter(has_text="Image: upload the image to redraw").wait_for()
+    assert "Traceback" not in page.content()
+    for title in ("Inpaint", "Mix", "ControlNet"):
+        _switch_tab(page, title)
+        _no_sideways_scroll(page)
+    _switch_tab(page, "Text to image")
+    page.locator("#txt2img-prompt textarea").fill("a lighthouse at dusk")
+    _small(page, "txt2img")
+    _generate(page, "txt2img")
+    _no_sideways_scroll(page)
+    page.screenshot(path=str(shots / "ui-phone.png"), full_page=True)
+    page.close()
+
+
+def _switch_tab(page, title: str) -> None:
+    """Open a tab; on a narrow screen the ones that do not fit are under the "More tabs" menu."""
+    tab = page.get_by_role("tab", name=title)
+    if not tab.is_visible():
+        page.get_by_role("button", name="More tabs").click()
+        page.locator(".overflow-dropdown button", has_text=title).click()
+    else:
+        tab.click()
+    page.get_by_role("tab", name=title, selected=True).wait_for()
