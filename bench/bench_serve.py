@@ -33,6 +33,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -298,7 +299,7 @@ async def fire(url: str, load: Load) -> tuple[list[Outcome], float]:
 # ------------------------------------------------------------------------------------------ one burst
 
 
-def percentile(values: list[float], p: float) -> float | None:
+def percentile(values: Sequence[float], p: float) -> float | None:
     """Nearest-rank percentile (a value that was measured); None for no values."""
     if not values:
         return None
@@ -381,11 +382,14 @@ class Burst:
     def to_json(self) -> dict[str, Any]:
         lat = {f"p{p}": percentile(self.latencies(), p) for p in (50, 95, 99)}
         lat429 = {f"p{p}": percentile(self.latencies(True), p) for p in (50, 99)}
+        tries = [o.attempts for o in self.outcomes]
         return {"load": asdict(self.load), "wall_s": self.wall_s, "ok": self.ok, "rejected_429": self.rejected,
                 "other": self.other, "lost": self.lost, "throughput_images_per_s": self.throughput,
                 "latency_200_s": lat | {"max": max(self.latencies(), default=None)},
                 "latency_429_s": lat429 | {"max": max(self.latencies(True), default=None)},
                 "attempts": sum(o.attempts for o in self.outcomes),
+                "attempts_per_request": {f"p{p}": percentile(tries, p) for p in (50, 95, 99)}
+                | {"max": max(tries, default=None)},
                 "rss_kb": {"before": self.rss_before_kb, "after": self.rss_after_kb, "peak": self.rss_peak_kb},
                 "drain_s": self.drain_s, "server_before": self.before, "server_after": self.after,
                 "server_delta": self.delta(), "problems": self.problems()}  # fmt: skip
@@ -434,8 +438,11 @@ def report(b: Burst, server: ServerProcess, command: str) -> str:
     ]
     if ld.retry:
         total = [o.total_s for o in b.outcomes if o.status == 200]
+        tries = [o.attempts for o in b.outcomes]
         lines.append(f"| request to image, with retries (s) | p50 {_s(percentile(total, 50))},"
                      f" p95 {_s(percentile(total, 95))}, p99 {_s(percentile(total, 99))} |")  # fmt: skip
+        lines.append(f"| attempts per request | p50 {percentile(tries, 50)}, p95 {percentile(tries, 95)},"
+                     f" max {max(tries)} |")  # fmt: skip
     lines += [
         f"| server RSS | before {_mib(b.rss_before_kb)}, after {_mib(b.rss_after_kb)},"
         f" peak {_mib(b.rss_peak_kb)} |",
