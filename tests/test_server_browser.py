@@ -126,11 +126,16 @@ def _set(page, elem_id: str, value: float) -> None:
 
 def _small(page, task: str) -> None:
     """A fast request for the tiny models: 64x64, two prior and two decoder steps."""
-    for name, value in (("width", 64), ("height", 64), ("steps", 2)):
-        if page.locator(f"#{task}-{name}").is_visible():
-            _set(page, f"{task}-{name}", value)
-    page.locator(f"#{task}-more").click()
-    _set(page, f"{task}-prior-steps", 2)
+    from playwright.sync_api import expect
+
+    page.locator(f"#{task}-more").click()  # first: its sliders mount when it opens
+    page.locator(f"#{task}-prior-steps input[type=number]").wait_for()
+    values = {"prior-steps": 2, "steps": 2, "width": 64, "height": 64}
+    shown = {name: v for name, v in values.items() if page.locator(f"#{task}-{name}").is_visible()}
+    for name, value in shown.items():
+        _set(page, f"{task}-{name}", value)
+    for name, value in shown.items():
+        expect(page.locator(f"#{task}-{name} input[type=range]")).to_have_value(str(value))
 
 
 def _generate(page, task: str) -> Image.Image:
@@ -165,6 +170,7 @@ def test_generate_shows_the_image_its_seed_and_a_download_with_metadata(browser,
     assert shown.size == (64, 64)
     assert shown.text["parameters"].startswith("a red fox in the snow")
     assert f"Seed: {seed}" in shown.text["parameters"] and "kandi" in shown.text
+    assert "Steps: 2," in shown.text["parameters"] and "Prior steps: 2," in shown.text["parameters"]
     # the download is the same file
     assert f"kandi-{seed}\n.png" in page.locator("#txt2img-files").inner_text()  # name and extension
     href = page.locator("#txt2img-files a[download]").first.get_attribute("href")
@@ -212,22 +218,26 @@ def test_inpaint_paints_a_mask_in_the_editor(browser, server, tmp_path):
 def test_phone_screen_stacks_without_sideways_scrolling(browser, server, shots):
     page = _open(browser, server, PHONE, is_mobile=True, has_touch=True, device_scale_factor=2)
     _no_sideways_scroll(page)
-    # a mistake is a message, not a traceback
-    _switch_tab(page, "Image to image")
-    _no_sideways_scroll(page)
-    page.locator("#img2img-generate").click()
-    status = page.locator("#img2img-status")
-    status.filter(has_text="Image: upload the image to redraw").wait_for()
-    assert "Traceback" not in page.content()
-    for title in ("Inpaint", "Mix", "ControlNet"):
-        _switch_tab(page, title)
-        _no_sideways_scroll(page)
-    _switch_tab(page, "Text to image")
     page.locator("#txt2img-prompt textarea").fill("a lighthouse at dusk")
     _small(page, "txt2img")
     _generate(page, "txt2img")
     _no_sideways_scroll(page)
-    page.screenshot(path=str(shots / "ui-phone.png"), full_page=True)
+    # stacked in order: the images come right after the Generate button, above the settings
+    y = {
+        name: page.locator(f"#txt2img-{name}").bounding_box()["y"]
+        for name in ("generate", "gallery", "steps")
+    }
+    assert y["generate"] < y["gallery"] < y["steps"], y
+    page.evaluate("window.scrollTo(0, 0)")
+    page.screenshot(path=str(shots / "ui-phone.png"))
+    for title in ("Image to image", "Inpaint", "Mix", "ControlNet"):
+        _switch_tab(page, title)
+        _no_sideways_scroll(page)
+    # a mistake is a message, not a traceback
+    _switch_tab(page, "Image to image")
+    page.locator("#img2img-generate").click()
+    page.locator("#img2img-status").filter(has_text="Image: upload the image to redraw").wait_for()
+    assert "Traceback" not in page.content()
     page.close()
 
 

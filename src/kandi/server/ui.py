@@ -45,11 +45,18 @@ LABELS = {"image": "Image", "hint": "Depth hint", "mask": "Mask", "width": "Widt
           "steps": "Steps", "num_images": "Images", "seed": "Seed", "prompt": "Prompt", "model": "Model",
           "guidance_scale": "Guidance", "prior_steps": "Prior steps", "strength": "Strength",
           "prior_guidance_scale": "Prior guidance", "feather": "Feather"}  # fmt: skip
-# phone screens: no fixed widths, columns stack (their min_width), the editor's canvas shrinks to fit
+# phone screens: no fixed widths, columns stack (their min_width); wide ones: see _task_tab
 CSS = """
 .gradio-container { max-width: 1400px !important; }
 #kandi-head h1 { margin: 0; }
 .kandi-status p { margin: 0; }
+@media (min-width: 768px) {
+  .kandi-task { display: grid !important; grid-template-columns: minmax(0, 1fr) minmax(0, 1fr);
+                align-items: start; }
+  .kandi-task > .kandi-in { grid-column: 1; grid-row: 1; }
+  .kandi-task > .kandi-opts { grid-column: 1; grid-row: 2; }
+  .kandi-task > .kandi-out { grid-column: 2; grid-row: 1 / span 2; }
+}
 @media (max-width: 640px) { .gradio-container { padding: 4px !important; } }
 """
 
@@ -401,8 +408,10 @@ def _task_tab(ui: UI, task: str, model: Any) -> dict[str, Any]:
     d, lim = ui.defaults(model.value), ui.server.limits
     k3 = ui.entry(model.value).family == "k3"
     c: dict[str, Any] = {"model": model}
-    with gr.Row(equal_height=False):
-        with gr.Column(min_width=300):
+    # three columns: on a wide screen the images sit right of both input columns (CSS grid); on a
+    # phone they stack in order, so the images come right after the Generate button
+    with gr.Row(equal_height=False, elem_classes="kandi-task"):
+        with gr.Column(min_width=300, elem_classes="kandi-in"):
             if task != "mix":
                 c["prompt"] = gr.Textbox(label="Prompt", lines=2, placeholder="what to draw",
                                          elem_id=f"{task}-prompt")  # fmt: skip
@@ -411,6 +420,9 @@ def _task_tab(ui: UI, task: str, model: Any) -> dict[str, Any]:
             with gr.Row():
                 go = gr.Button("Generate", variant="primary", elem_id=f"{task}-generate", min_width=120)
                 stop = gr.Button("Cancel", variant="secondary", elem_id=f"{task}-cancel", min_width=90)
+        with gr.Column(min_width=300, elem_classes="kandi-out"):
+            out = _outputs(task)
+        with gr.Column(min_width=300, elem_classes="kandi-opts"):
             _size_inputs(ui, task, c, d)
             with gr.Row():
                 c["steps"] = gr.Slider(1, lim.max_steps, d["steps"], step=1, label="Steps", min_width=140,
@@ -430,8 +442,6 @@ def _task_tab(ui: UI, task: str, model: Any) -> dict[str, Any]:
                                                           visible=not k3, label="Prior guidance", min_width=140)  # fmt: skip
                 c["scheduler"] = gr.Dropdown(["model default", "ddpm", "ddim"], value="model default",
                                              label="Sampler")  # fmt: skip
-        with gr.Column(min_width=300):
-            out = _outputs(task)
     _wire(ui, task, c, go, stop, out)
     return c
 
@@ -520,7 +530,7 @@ def _outputs(task: str) -> dict[str, Any]:
         )
         o["reuse"] = gr.Button("Reuse seed", size="md", min_width=100, elem_id=f"{task}-reuse")
     o["files"] = gr.File(label="Download (PNG with its metadata)", file_count="multiple", interactive=False,
-                         height=120, elem_id=f"{task}-files")  # fmt: skip
+                         visible=False, elem_id=f"{task}-files")  # fmt: skip
     o["status"] = gr.Markdown(elem_classes="kandi-status", elem_id=f"{task}-status")
     o["seeds"], o["picked"] = gr.State([]), gr.State(0)
     return o
@@ -535,7 +545,8 @@ def _wire(ui: UI, task: str, c: dict[str, Any], go: Any, stop: Any, o: dict[str,
         if out.error:
             gr.Warning(out.status)
             return gr.skip(), gr.skip(), gr.skip(), gr.skip(), gr.skip(), f"⚠️ {out.status}"
-        return out.gallery, out.files, out.seeds, 0, ", ".join(map(str, out.seeds)), out.status
+        files = gr.update(value=out.files, visible=bool(out.files))  # an empty File box is a big drop zone
+        return out.gallery, files, out.seeds, 0, ", ".join(map(str, out.seeds)), out.status
 
     def cancel(request: gr.Request) -> str:
         return ui.cancel(task, getattr(request, "session_hash", None) or "")
