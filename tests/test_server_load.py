@@ -37,8 +37,9 @@ def _bench() -> ModuleType:
 
 
 bench = _bench()
-# long enough that a cancel (noticed within about a second) lands long before the end: >= 6 s here
-LONG_STEPS = 100
+# the server's most steps: a cancel (noticed within about a second) lands long before the end (about
+# 12 s here for one image; jobs that must outlive a test make several images)
+LONG_STEPS = 200
 
 
 @pytest.fixture(scope="module")
@@ -77,7 +78,8 @@ def test_burst_over_a_small_queue_gets_honest_429s(small: Any) -> None:
     burst = bench.run_burst(small, bench.Load(requests=200, concurrency=32), warmup=1)
     _passed(burst)
     assert burst.rejected > 0, "32 clients against 1 worker + 4 places never got a 429"
-    assert burst.ok >= 5, f"only {burst.ok} requests were served"
+    # the first 4 always find a waiting place, whatever the worker has picked up yet
+    assert burst.ok >= 4, f"only {burst.ok} requests were served"
     assert burst.delta() == {"completed": burst.ok, "failed": 0, "cancelled": 0, "rejected": burst.rejected}
     assert burst.after["running"] == 0 and burst.after["waiting"] == 0
     # refused at once, not after waiting for a place: a 429 takes far less than a served request
@@ -124,8 +126,8 @@ def _until(server: Any, ok: Callable[[dict[str, Any]], bool], timeout: float) ->
     return None
 
 
-def _long(seed: int) -> dict[str, Any]:
-    return bench.Load().body(0) | {"steps": LONG_STEPS, "seed": seed}
+def _long(seed: int, images: int = 1) -> dict[str, Any]:
+    return bench.Load().body(0) | {"steps": LONG_STEPS, "seed": seed, "num_images": images}
 
 
 def _drain(server: Any) -> dict[str, Any]:
@@ -162,7 +164,7 @@ def test_client_gone_while_running_cancels_the_job(small: Any) -> None:
 def test_client_gone_while_waiting_frees_its_place(small: Any) -> None:
     before = _drain(small)
     # a job to hold the worker, started by id so it can be cancelled whatever happens to disconnects
-    r = httpx.post(f"{small.url}/v1/jobs/txt2img", json=_long(7100), timeout=30)
+    r = httpx.post(f"{small.url}/v1/jobs/txt2img", json=_long(7100, images=4), timeout=30)
     assert r.status_code == 202, r.text
     holder = r.json()["job_id"]
     try:
@@ -184,7 +186,7 @@ def test_client_gone_while_waiting_frees_its_place(small: Any) -> None:
 def test_stream_closed_while_running_cancels_the_job(small: Any) -> None:
     before = _drain(small)
     with httpx.Client(base_url=small.url, timeout=30) as client:
-        with client.stream("POST", "/v1/txt2img?stream=true", json=_long(7200)) as r:
+        with client.stream("POST", "/v1/txt2img?stream=true", json=_long(7200, images=4)) as r:
             assert r.status_code == 200
             for line in r.iter_lines():  # leave once the job has made a step
                 if line.startswith("data:") and json.loads(line[5:]).get("status") == "running":
