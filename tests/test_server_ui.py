@@ -17,7 +17,18 @@ from kandi.server.engine import Engine
 from kandi.server.inputs import FieldError, Limits, decode_mask
 from kandi.server.jobs import JobQueue
 from kandi.server.schemas import InpaintBody, MixBody, Txt2ImgBody
-from kandi.server.ui import EXTEND, REPAINT, UI, build_body, editor_mask, preset_size, user_message
+from kandi.server.ui import (
+    EXTEND,
+    REPAINT,
+    TABS,
+    TUNED,
+    UI,
+    build_body,
+    editor_mask,
+    model_updates,
+    preset_size,
+    user_message,
+)
 
 SMALL = {"prompt": "a red fox", "width": 64, "height": 64, "steps": 2, "prior_steps": 2, "seed": -1}
 
@@ -251,15 +262,32 @@ def test_the_app_serves_the_ui_with_a_tab_per_task(engine):
     assert "system-ui" in css.text and "@font-face" not in css.text and "fonts.googleapis" not in page.text
 
 
-def test_kandinsky_3_shows_only_its_tasks(engine, tmp_path):
-    ui = UI(Server(engine, JobQueue(1, 1), Limits()), tmp_path)
+def test_choosing_a_model_sets_its_defaults_and_says_what_it_cannot_do(engine, tmp_path):
+    ui = UI(Server(engine, JobQueue(1, 1), Limits(max_side=768)), tmp_path)
     entry = engine.entries["kandinsky-2.2"]
-    old = entry.family
+    per_tab = 2 + len(TUNED)  # the notice, Generate, the sliders
+
+    def tab(updates: list, task: str) -> dict:
+        k = list(TABS).index(task) * per_tab
+        return dict(zip(["notice", "go", *TUNED], updates[k : k + per_tab]))
+
     try:
-        entry.family = "k3"
-        assert ui.tasks(None) == ["txt2img", "img2img"]
-        assert "prior_steps" not in ui.defaults(None)
+        entry.family = "k3"  # as Kandinsky 3 would be: two tasks, no prior, its own defaults
+        assert ui.tasks(None) == ["txt2img", "img2img"] and "prior_steps" not in ui.defaults(None)
+        k3 = model_updates(ui, "kandinsky-2.2")
     finally:
-        entry.family = old
+        entry.family = "k22"
         ui.server.queue.close()
-    assert ui.tasks(None) == ["txt2img", "img2img", "inpaint", "mix", "controlnet"]
+    assert len(k3) == per_tab * len(TABS)
+    assert tab(k3, "txt2img")["notice"]["visible"] is False and tab(k3, "txt2img")["go"]["interactive"]
+    inpaint = tab(k3, "inpaint")
+    assert inpaint["notice"]["visible"] and not inpaint["go"]["interactive"]
+    assert inpaint["notice"]["value"].startswith("⚠️ **kandinsky-2.2** cannot do inpaint")
+    assert inpaint["prior_steps"] == {"__type__": "update", "visible": False}
+    k22 = tab(model_updates(ui, "kandinsky-2.2"), "mix")
+    assert not k22["notice"]["visible"] and k22["go"]["interactive"]
+    assert (k22["width"]["value"], k22["steps"]["value"], k22["prior_steps"]) == (
+        512,
+        50,
+        {"__type__": "update", "visible": True, "value": 25},
+    )

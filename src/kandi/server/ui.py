@@ -375,26 +375,36 @@ def build_blocks(ui: UI) -> gr.Blocks:
             gr.Markdown(_header(ui, model), elem_id="kandi-head", min_width=240)
             choice = gr.Dropdown(list(engine.entries), value=model, label="Model", min_width=200,
                                  visible=len(engine.entries) > 1, elem_id="kandi-model")  # fmt: skip
-        tabs, tuned = [], []
-        with gr.Tabs(selected="txt2img") as tabset:
+        changed = []  # what choosing another model updates, tab after tab (see model_updates)
+        offered = {t for label in engine.entries for t in ui.tasks(label)}
+        with gr.Tabs(selected="txt2img"):
             for task, title in TABS.items():
-                with gr.Tab(title, id=task, visible=task in ui.tasks(model), elem_id=f"tab-{task}") as tab:
-                    c = _task_tab(ui, task, choice)
-                tabs.append(tab)
-                tuned += [c[k] for k in TUNED]
-
-        def on_model(label: str) -> list:
-            d, ok, k3 = ui.defaults(label), ui.tasks(label), ui.entry(label).family == "k3"
-            per_tab = [gr.update(value=d[k]) if k in d else gr.update() for k in TUNED[:4]]
-            per_tab += [gr.update(visible=not k3, value=d.get(k)) for k in TUNED[4:]]
-            jump = gr.update(selected="txt2img") if len(ok) < len(TABS) else gr.update()
-            return [gr.update(visible=t in ok) for t in TABS] + per_tab * len(TABS) + [jump]
-
-        choice.change(on_model, choice, [*tabs, *tuned, tabset], api_visibility="private")
+                # Gradio does not hide a tab reliably after the page loaded: a tab shows when some model
+                # can do its task, and says so when the chosen one cannot
+                with gr.Tab(title, id=task, visible=task in offered, elem_id=f"tab-{task}"):
+                    c, notice, go = _task_tab(ui, task, choice)
+                changed += [notice, go, *(c[k] for k in TUNED)]
+        choice.change(lambda label: model_updates(ui, label), choice, changed, api_visibility="private")
     return blocks
 
 
 TUNED = ("width", "height", "steps", "guidance_scale", "prior_steps", "prior_guidance_scale")  # per model
+
+
+def model_updates(ui: UI, label: str) -> list[dict[str, Any]]:
+    """What choosing model `label` changes in each tab: a notice and no Generate where the model cannot
+    do the task, and the TUNED sliders at its defaults (Kandinsky 3 has no prior)."""
+    d, ok, k3 = ui.defaults(label), ui.tasks(label), ui.entry(label).family == "k3"
+    tuned = [gr.update(value=d[k]) for k in TUNED[:4]]
+    tuned += [gr.update(visible=not k3, **({"value": d[k]} if k in d else {})) for k in TUNED[4:]]
+    out = []
+    for task in TABS:
+        out += [
+            gr.update(visible=task not in ok, value=_cannot(label, task)),
+            gr.update(interactive=task in ok),
+        ]
+        out += tuned
+    return out
 
 
 def _header(ui: UI, model: str) -> str:
@@ -403,11 +413,16 @@ def _header(ui: UI, model: str) -> str:
     return f"# kandi\n{what} · [API docs](/docs)"
 
 
-def _task_tab(ui: UI, task: str, model: Any) -> dict[str, Any]:
-    """One tab: its inputs on the left, the images on the right (stacked on a narrow screen)."""
+def _cannot(label: str, task: str) -> str:
+    return f"⚠️ **{label}** cannot do {TABS[task].lower()}: choose another model above."
+
+
+def _task_tab(ui: UI, task: str, model: Any) -> tuple[dict[str, Any], Any, Any]:
+    """One tab: (its inputs by field name, the notice of a model that cannot do it, Generate)."""
     d, lim = ui.defaults(model.value), ui.server.limits
-    k3 = ui.entry(model.value).family == "k3"
+    k3, ok = ui.entry(model.value).family == "k3", task in ui.tasks(model.value)
     c: dict[str, Any] = {"model": model}
+    notice = gr.Markdown(_cannot(model.value, task), visible=not ok, elem_id=f"{task}-notice")
     # three columns: on a wide screen the images sit right of both input columns (CSS grid); on a
     # phone they stack in order, so the images come right after the Generate button
     with gr.Row(equal_height=False, elem_classes="kandi-task"):
@@ -418,7 +433,8 @@ def _task_tab(ui: UI, task: str, model: Any) -> dict[str, Any]:
             _task_inputs(task, c)
             c["negative_prompt"] = gr.Textbox(label="Negative prompt", placeholder="what not to draw")
             with gr.Row():
-                go = gr.Button("Generate", variant="primary", elem_id=f"{task}-generate", min_width=120)
+                go = gr.Button("Generate", variant="primary", elem_id=f"{task}-generate", min_width=120,
+                               interactive=ok)  # fmt: skip
                 stop = gr.Button("Cancel", variant="secondary", elem_id=f"{task}-cancel", min_width=90)
         with gr.Column(min_width=300, elem_classes="kandi-out"):
             out = _outputs(task)
@@ -443,7 +459,7 @@ def _task_tab(ui: UI, task: str, model: Any) -> dict[str, Any]:
                 c["scheduler"] = gr.Dropdown(["model default", "ddpm", "ddim"], value="model default",
                                              label="Sampler")  # fmt: skip
     _wire(ui, task, c, go, stop, out)
-    return c
+    return c, notice, go
 
 
 def _task_inputs(task: str, c: dict[str, Any]) -> None:
