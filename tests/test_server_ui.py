@@ -11,6 +11,7 @@ import pytest
 import tiny
 from fastapi.testclient import TestClient
 from PIL import Image
+from pydantic import ValidationError
 
 from kandi.server.api import Server, create_app
 from kandi.server.engine import Engine
@@ -141,7 +142,7 @@ def test_bodies_from_ui_values():
          "Mask: paint over the part to repaint"),
         ("inpaint", {"editor": {"background": picture(), "layers": []}, "mode": EXTEND},
          "Margins: set at least one margin"),
-        ("mix", {"kind0": "Text", "text0": "a cat"}, "items: give at least two items"),
+        ("mix", {"kind0": "Text", "text0": "a cat"}, "Mix: give at least two items"),
         ("controlnet", {"hint": None}, "Depth hint: upload a depth map"),
     ],
 )  # fmt: skip
@@ -159,6 +160,9 @@ def test_limits_and_invalid_values_are_messages(ui):
         "Model: model 'kandinsky-3' is not"
     )
     assert user_message(FieldError("items[1].image", "not valid base64")) == "Item 2 image: not valid base64"
+    with pytest.raises(ValidationError) as e:
+        MixBody(items=[{"text": "a cat", "weight": "heavy"}])
+    assert user_message(e.value).startswith("Item 1 weight: Input should be a valid number")
 
 
 def test_a_full_queue_says_so(engine, tmp_path):

@@ -40,11 +40,12 @@ ASPECTS = {"1:1": (1, 1), "4:3": (4, 3), "3:4": (3, 4), "3:2": (3, 2), "2:3": (2
            "16:9": (16, 9), "9:16": (9, 16)}  # fmt: skip
 REPAINT, EXTEND = "Repaint what I paint", "Extend the image (outpaint)"
 MIX_SLOTS = 4
+TUNED = ("width", "height", "steps", "guidance_scale", "prior_steps", "prior_guidance_scale")  # per model
 KEEP_SECONDS = 3600  # generated files older than this are removed (Gradio serves its own copies)
 LABELS = {"image": "Image", "hint": "Depth hint", "mask": "Mask", "width": "Width", "height": "Height",
           "steps": "Steps", "num_images": "Images", "seed": "Seed", "prompt": "Prompt", "model": "Model",
           "guidance_scale": "Guidance", "prior_steps": "Prior steps", "strength": "Strength",
-          "prior_guidance_scale": "Prior guidance", "feather": "Feather"}  # fmt: skip
+          "prior_guidance_scale": "Prior guidance", "feather": "Feather", "items": "Mix"}  # fmt: skip
 # phone screens: no fixed widths, columns stack (their min_width); wide ones: see _task_tab
 CSS = """
 .gradio-container { max-width: 1400px !important; }
@@ -107,7 +108,7 @@ def user_message(exc: Exception) -> str:
         return f"{_label(exc.field)}: {exc.message}"
     if isinstance(exc, ValidationError):
         first = exc.errors()[0]
-        where = ".".join(str(x) for x in first.get("loc", ()))
+        where = "".join(f"[{x}]" if isinstance(x, int) else f".{x}" for x in first.get("loc", ())).lstrip(".")
         return f"{_label(where)}: {first.get('msg', 'invalid value')}" if where else first.get("msg", "")
     if isinstance(exc, QueueFull):
         return f"The server is busy (every place in its queue is taken); try again in {exc.retry_after} s."
@@ -315,10 +316,9 @@ class UI:
             job.unwatch(q)
 
     def _outcome(self, job: Job) -> Outcome:
-        files = self._save(job)
-        seeds = [g.seed for g in job.images]
         if job.status == "failed":
             return Outcome(status=job.error or "failed", error=True)
+        files, seeds = self._save(job), [g.seed for g in job.images]
         took = (job.finished or time.monotonic()) - (job.started or job.created)
         if job.status == "cancelled":
             return Outcome(files, seeds, f"Cancelled ({len(files)} image(s) finished before).")
@@ -332,9 +332,8 @@ class UI:
         folder = self.outdir / job.id
         folder.mkdir(parents=True, exist_ok=True)
         paths = []
-        for k, g in enumerate(job.images):
-            path = folder / f"kandi-{g.seed}.png" if len(job.images) == len({i.seed for i in job.images}) \
-                else folder / f"kandi-{g.seed}-{k}.png"  # fmt: skip
+        for g in job.images:  # seeds are seed, seed+1...: unique names within the job
+            path = folder / f"kandi-{g.seed}.png"
             path.write_bytes(g.png)
             paths.append(str(path))
         return paths
@@ -372,7 +371,7 @@ def build_blocks(ui: UI) -> gr.Blocks:
         title="kandi", analytics_enabled=False, delete_cache=(KEEP_SECONDS, KEEP_SECONDS)
     ) as blocks:
         with gr.Row(equal_height=True):
-            gr.Markdown(_header(ui, model), elem_id="kandi-head", min_width=240)
+            gr.Markdown(_header(ui), elem_id="kandi-head", min_width=240)
             choice = gr.Dropdown(list(engine.entries), value=model, label="Model", min_width=200,
                                  visible=len(engine.entries) > 1, elem_id="kandi-model")  # fmt: skip
         changed = []  # what choosing another model updates, tab after tab (see model_updates)
@@ -386,9 +385,6 @@ def build_blocks(ui: UI) -> gr.Blocks:
                 changed += [notice, go, *(c[k] for k in TUNED)]
         choice.change(lambda label: model_updates(ui, label), choice, changed, api_visibility="private")
     return blocks
-
-
-TUNED = ("width", "height", "steps", "guidance_scale", "prior_steps", "prior_guidance_scale")  # per model
 
 
 def model_updates(ui: UI, label: str) -> list[dict[str, Any]]:
@@ -407,7 +403,7 @@ def model_updates(ui: UI, label: str) -> list[dict[str, Any]]:
     return out
 
 
-def _header(ui: UI, model: str) -> str:
+def _header(ui: UI) -> str:
     entries = ui.server.engine.entries
     what = " · ".join(f"**{e.label}** ({FAMILIES.get(e.family, e.family)})" for e in entries.values())
     return f"# kandi\n{what} · [API docs](/docs)"
@@ -419,7 +415,7 @@ def _cannot(label: str, task: str) -> str:
 
 def _task_tab(ui: UI, task: str, model: Any) -> tuple[dict[str, Any], Any, Any]:
     """One tab: (its inputs by field name, the notice of a model that cannot do it, Generate)."""
-    d, lim = ui.defaults(model.value), ui.server.limits
+    d = ui.defaults(model.value)
     k3, ok = ui.entry(model.value).family == "k3", task in ui.tasks(model.value)
     c: dict[str, Any] = {"model": model}
     notice = gr.Markdown(_cannot(model.value, task), visible=not ok, elem_id=f"{task}-notice")
@@ -430,7 +426,7 @@ def _task_tab(ui: UI, task: str, model: Any) -> tuple[dict[str, Any], Any, Any]:
             if task != "mix":
                 c["prompt"] = gr.Textbox(label="Prompt", lines=2, placeholder="what to draw",
                                          elem_id=f"{task}-prompt")  # fmt: skip
-            _task_inputs(task, c)
+            _task_inputs(task, c, ui.server.limits.max_side)
             c["negative_prompt"] = gr.Textbox(label="Negative prompt", placeholder="what not to draw")
             with gr.Row():
                 go = gr.Button("Generate", variant="primary", elem_id=f"{task}-generate", min_width=120,
@@ -439,36 +435,42 @@ def _task_tab(ui: UI, task: str, model: Any) -> tuple[dict[str, Any], Any, Any]:
         with gr.Column(min_width=300, elem_classes="kandi-out"):
             out = _outputs(task)
         with gr.Column(min_width=300, elem_classes="kandi-opts"):
-            _size_inputs(ui, task, c, d)
-            with gr.Row():
-                c["steps"] = gr.Slider(1, lim.max_steps, d["steps"], step=1, label="Steps", min_width=140,
-                                       elem_id=f"{task}-steps")  # fmt: skip
-                c["guidance_scale"] = gr.Slider(0, 20, d["guidance_scale"], step=0.5, label="Guidance",
-                                                min_width=140, elem_id=f"{task}-guidance")  # fmt: skip
-            with gr.Row():
-                c["seed"] = gr.Number(-1, label="Seed (-1: random)", precision=0, minimum=-1, min_width=140,
-                                      elem_id=f"{task}-seed")  # fmt: skip
-                c["num_images"] = gr.Slider(1, lim.max_images, 1, step=1, label="Images", min_width=140,
-                                            elem_id=f"{task}-images")  # fmt: skip
-            with gr.Accordion("More options", open=False, elem_id=f"{task}-more"):
-                with gr.Row():
-                    c["prior_steps"] = gr.Slider(1, lim.max_steps, d.get("prior_steps", 25), step=1, visible=not k3,
-                                                 label="Prior steps", min_width=140, elem_id=f"{task}-prior-steps")  # fmt: skip
-                    c["prior_guidance_scale"] = gr.Slider(0, 20, d.get("prior_guidance_scale", 4), step=0.5,
-                                                          visible=not k3, label="Prior guidance", min_width=140)  # fmt: skip
-                c["scheduler"] = gr.Dropdown(["model default", "ddpm", "ddim"], value="model default",
-                                             label="Sampler")  # fmt: skip
+            _settings(ui, task, c, d, k3)
     _wire(ui, task, c, go, stop, out)
     return c, notice, go
 
 
-def _task_inputs(task: str, c: dict[str, Any]) -> None:
+def _settings(ui: UI, task: str, c: dict[str, Any], d: dict[str, Any], k3: bool) -> None:
+    """Size, steps, guidance, seed, number of images, and the prior's options (not for Kandinsky 3)."""
+    lim = ui.server.limits
+    _size_inputs(ui, task, c, d)
+    with gr.Row():
+        c["steps"] = gr.Slider(1, lim.max_steps, d["steps"], step=1, label="Steps", min_width=140,
+                               elem_id=f"{task}-steps")  # fmt: skip
+        c["guidance_scale"] = gr.Slider(0, 20, d["guidance_scale"], step=0.5, label="Guidance",
+                                        min_width=140, elem_id=f"{task}-guidance")  # fmt: skip
+    with gr.Row():
+        c["seed"] = gr.Number(-1, label="Seed (-1: random)", precision=0, minimum=-1, min_width=140,
+                              elem_id=f"{task}-seed")  # fmt: skip
+        c["num_images"] = gr.Slider(1, lim.max_images, 1, step=1, label="Images", min_width=140,
+                                    elem_id=f"{task}-images")  # fmt: skip
+    with gr.Accordion("More options", open=False, elem_id=f"{task}-more"):
+        with gr.Row():
+            c["prior_steps"] = gr.Slider(1, lim.max_steps, d.get("prior_steps", 25), step=1, visible=not k3,
+                                         label="Prior steps", min_width=140, elem_id=f"{task}-prior-steps")  # fmt: skip
+            c["prior_guidance_scale"] = gr.Slider(0, 20, d.get("prior_guidance_scale", 4), step=0.5,
+                                                  visible=not k3, label="Prior guidance", min_width=140)  # fmt: skip
+        c["scheduler"] = gr.Dropdown(["model default", "ddpm", "ddim"], value="model default",
+                                     label="Sampler")  # fmt: skip
+
+
+def _task_inputs(task: str, c: dict[str, Any], max_side: int) -> None:
     image = {"type": "pil", "image_mode": "RGB", "sources": ["upload", "clipboard"], "height": 240}
     if task == "img2img":
         c["image"] = gr.Image(label="Image to redraw", elem_id="img2img-image", **image)
         c["strength"] = gr.Slider(0, 1, 0.3, step=0.05, label="Strength (more: further from the image)")
     elif task == "inpaint":
-        _inpaint_inputs(c)
+        _inpaint_inputs(c, min(512, max_side // 16 * 16))
     elif task == "mix":
         _mix_inputs(c)
     elif task == "controlnet":
@@ -477,7 +479,7 @@ def _task_inputs(task: str, c: dict[str, Any]) -> None:
         c["strength"] = gr.Slider(0, 1, 0.3, step=0.05, label="Strength (with a start image)")
 
 
-def _inpaint_inputs(c: dict[str, Any]) -> None:
+def _inpaint_inputs(c: dict[str, Any], top: int) -> None:
     # RGBA: in RGB mode Gradio drops the layers' alpha, which is where the painted mask is
     c["editor"] = gr.ImageEditor(label="Image: paint over what to repaint", type="pil", image_mode="RGBA",
                                  format="png", sources=["upload", "clipboard"], layers=False, transforms=(),
@@ -487,7 +489,7 @@ def _inpaint_inputs(c: dict[str, Any]) -> None:
     with gr.Column(visible=False) as margins:
         with gr.Row():
             for side in ("left", "top", "right", "bottom"):
-                c[side] = gr.Slider(0, 512, 0, step=16, label=f"Extend {side}", min_width=140)
+                c[side] = gr.Slider(0, top, 0, step=16, label=f"Extend {side}", min_width=140)
     with gr.Row():
         c["strength"] = gr.Slider(0, 1, 1.0, step=0.05, label="Strength", min_width=140)
         c["feather"] = gr.Slider(0, 64, 0, step=1, label="Feather (soft edge, px)", min_width=140)
