@@ -112,8 +112,12 @@ def browser(server):
 def _open(browser, server: str, viewport: dict, **kw):
     page = browser.new_page(viewport=viewport, **kw)
     page.set_default_timeout(TIMEOUT_MS)
+    # the page must load everything from the server itself (no web fonts, CDNs, analytics): offline
+    elsewhere = []
+    page.on("request", lambda r: None if r.url.startswith(server) else elsewhere.append(r.url))
     page.goto(server + "/")  # the app sends / to /ui/
     page.wait_for_selector("#txt2img-prompt textarea")
+    assert not elsewhere, elsewhere
     return page
 
 
@@ -153,6 +157,12 @@ def _generate(page, task: str) -> Image.Image:
     return Image.open(io.BytesIO(png.body()))
 
 
+def _screenshot(page, path: Path, **kw) -> None:
+    """A screenshot in 128 colours: a quarter of the bytes (the README's copies live in the repository)."""
+    shot = Image.open(io.BytesIO(page.screenshot(**kw))).convert("RGB")
+    shot.quantize(128, method=Image.Quantize.MEDIANCUT, dither=Image.Dither.NONE).save(path, optimize=True)
+
+
 def _no_sideways_scroll(page) -> None:
     width, inner = page.evaluate("[document.documentElement.scrollWidth, window.innerWidth]")
     assert width <= inner, f"the page is {width} px wide on a {inner} px screen"
@@ -182,7 +192,7 @@ def test_generate_shows_the_image_its_seed_and_a_download_with_metadata(browser,
     assert seed_box.input_value() == "-1"
     page.locator("#txt2img-reuse").click()
     page.wait_for_function(f"document.querySelector('#txt2img-seed input').value === '{seed}'")
-    page.screenshot(path=str(shots / "ui.png"), full_page=True)
+    _screenshot(page, shots / "ui.png", full_page=True)
     page.close()
 
 
@@ -229,7 +239,7 @@ def test_phone_screen_stacks_without_sideways_scrolling(browser, server, shots):
     }
     assert y["generate"] < y["gallery"] < y["steps"], y
     page.evaluate("window.scrollTo(0, 0)")
-    page.screenshot(path=str(shots / "ui-phone.png"))
+    _screenshot(page, shots / "ui-phone.png")
     for title in ("Image to image", "Inpaint", "Mix", "ControlNet"):
         _switch_tab(page, title)
         _no_sideways_scroll(page)
