@@ -31,7 +31,8 @@ DESKTOP, PHONE = {"width": 1280, "height": 900}, {"width": 390, "height": 844}
 TIMEOUT_MS = 60_000
 
 
-def _need_browser() -> None:
+@pytest.fixture(scope="module")
+def need_browser() -> None:
     """Skip (or, with KANDI_REQUIRE_BROWSER=1, fail) when there is no browser to drive."""
     reason = None
     if not Path(CHROMIUM).exists():
@@ -61,9 +62,9 @@ def shots(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def server(k22_cache, tmp_path_factory) -> str:
-    """`kandi serve` on a free port; its URL once /health answers."""
-    _need_browser()
+def server(need_browser, k22_cache, tmp_path_factory) -> str:
+    """`kandi serve` on a free port; its URL once /health answers (the browser checked first: no models
+    are built for nothing)."""
     tmp = tmp_path_factory.mktemp("serve")
     env = {**os.environ, **tiny.offline_env(k22_cache), "GRADIO_ANALYTICS_ENABLED": "False",
            "GRADIO_TEMP_DIR": str(tmp / "gradio")}  # fmt: skip
