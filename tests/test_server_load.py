@@ -136,12 +136,6 @@ def _drain(server: Any) -> dict[str, Any]:
     return q
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="server bug: Server.wait (src/kandi/server/api.py) asks request.is_disconnected() only when "
-    "no progress event came for 0.5 s, so a job whose steps are quicker runs to its end after the "
-    "client left. Remove this mark once that is fixed.",
-)
 def test_client_gone_while_running_cancels_the_job(small: Any) -> None:
     before = _drain(small)
     s = _post_raw(small, _long(7000))
@@ -202,13 +196,6 @@ def test_stream_closed_while_running_cancels_the_job(small: Any) -> None:
 # ------------------------------------------------------------------------------------------ workers > 1
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: the prompt helpers of src/kandi/pipelines/k22.py (_tokenize, _encode_mclip) call one shared "
-    "fast tokenizer twice with different padding, and a fast tokenizer keeps padding/truncation as state: "
-    "two workers tokenizing at once get each other's padding (a 500, 'Expected size 77 but got size 23'). "
-    "Remove this mark once that is fixed.",
-)
 def test_prompts_encode_the_same_from_concurrent_workers(k22_repos: dict[str, Path]) -> None:
     import threading
 

@@ -62,7 +62,10 @@ class _LineHandler(logging.Handler):
         super().__init__(logging.WARNING)
 
     def emit(self, record: logging.LogRecord) -> None:
-        print(f"{record.levelname.lower()}: {record.getMessage()}", file=sys.stderr)
+        text = f"{record.levelname.lower()}: {record.getMessage()}"
+        if record.exc_info:  # a bug's traceback belongs in the server log (the client gets one line)
+            text += "\n" + logging.Formatter().formatException(record.exc_info)
+        print(text, file=sys.stderr)
 
 
 def _show_warning(message: Warning | str, category: type[Warning], *args: Any, **kwargs: Any) -> None:

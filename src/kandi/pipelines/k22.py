@@ -12,6 +12,7 @@ diffusers, so a seed gives diffusers' image.
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -39,10 +40,23 @@ class TextCond:
     text_mask: torch.Tensor  # (B, L) bool
 
 
+# A fast tokenizer keeps its padding/truncation settings as shared state: two threads (the server's
+# workers) tokenizing at once could get each other's padding. Tokenizing is cheap; serialise it.
+_TOKENIZER_LOCK = threading.Lock()
+
+
+def tokenize(tokenizer: Any, prompts: list[str], **kwargs: Any) -> Any:
+    """`tokenizer(prompts, **kwargs)`, safe to call from several threads."""
+    with _TOKENIZER_LOCK:
+        return tokenizer(prompts, **kwargs)
+
+
 def _tokenize(tokenizer: Any, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
     n = tokenizer.model_max_length
-    enc = tokenizer(prompts, padding="max_length", max_length=n, truncation=True, return_tensors="pt")
-    full = tokenizer(prompts, padding="longest", return_tensors="pt").input_ids
+    enc = tokenize(
+        tokenizer, prompts, padding="max_length", max_length=n, truncation=True, return_tensors="pt"
+    )
+    full = tokenize(tokenizer, prompts, padding="longest", return_tensors="pt").input_ids
     if full.shape[-1] > n:
         cut = tokenizer.batch_decode(full[:, n - 1 : -1])
         log.warning("CLIP takes %d tokens: this part of the prompt was cut off: %s", n, cut)
@@ -170,9 +184,9 @@ MCLIP_TOKENS = 77  # the 2.1 decoder pads and cuts prompts to 77 XLM-R tokens
 
 
 def _encode_mclip(tokenizer: Any, text_encoder: Any, prompts: list[str], device: torch.device):
-    enc = tokenizer(prompts, padding="max_length", max_length=MCLIP_TOKENS, truncation=True,
-                    return_attention_mask=True, add_special_tokens=True, return_tensors="pt")  # fmt: skip
-    full = tokenizer(prompts, padding="longest", return_tensors="pt").input_ids
+    enc = tokenize(tokenizer, prompts, padding="max_length", max_length=MCLIP_TOKENS, truncation=True,
+                   return_attention_mask=True, add_special_tokens=True, return_tensors="pt")  # fmt: skip
+    full = tokenize(tokenizer, prompts, padding="longest", return_tensors="pt").input_ids
     if full.shape[-1] > MCLIP_TOKENS:
         cut = tokenizer.batch_decode(full[:, MCLIP_TOKENS - 1 : -1])
         log.warning(

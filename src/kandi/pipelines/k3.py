@@ -19,7 +19,7 @@ import torch
 
 from .common import Placement
 from .images import match_batch
-from .k22 import Generator, encode
+from .k22 import Generator, encode, tokenize
 
 T5_TOKENS = 128  # Kandinsky 3 pads and cuts prompts to 128 T5 tokens
 LATENT_FACTOR = 8  # diffusers sizes Kandinsky 3 latents with a fixed factor 8 (the real MoVQ's)
@@ -77,7 +77,8 @@ class PromptCache:
 
 
 def _t5(tokenizer: Any, text_encoder: Any, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
-    ids = tokenizer(prompts, padding="max_length", max_length=T5_TOKENS, truncation=True, return_tensors="pt")
+    ids = tokenize(tokenizer, prompts, padding="max_length", max_length=T5_TOKENS, truncation=True,
+                   return_tensors="pt")  # fmt: skip
     device = text_encoder.device
     mask = ids.attention_mask.to(device)
     embeds = text_encoder(ids.input_ids.to(device), attention_mask=mask)[0]

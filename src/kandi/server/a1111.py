@@ -43,8 +43,8 @@ class Txt2ImgRequest(BaseModel):
     n_iter: int = Field(1, ge=1)
     steps: int | None = Field(None, ge=1)
     cfg_scale: float | None = Field(None, ge=0, le=100, allow_inf_nan=False)
-    width: int | None = Field(None, ge=64)
-    height: int | None = Field(None, ge=64)
+    width: int | None = Field(None, ge=8)
+    height: int | None = Field(None, ge=8)
     override_settings: dict[str, Any] | None = None
     send_images: bool = True
 

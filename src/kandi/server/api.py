@@ -58,12 +58,19 @@ class Server:
     async def wait(self, job: Job, request: Request) -> bool:
         """Wait for `job` to finish; if the client goes away first, cancel it and return False."""
         q = job.watch()
+        loop = asyncio.get_running_loop()
+        check_at = loop.time() + 0.5
         try:
             while job.status not in FINISHED:
+                # progress events may come faster than 0.5 s: look at the connection on a clock, not on
+                # silence (asyncio.TimeoutError: a builtin TimeoutError only from Python 3.11)
                 try:
-                    await asyncio.wait_for(q.get(), timeout=0.5)
-                except TimeoutError:
-                    if await request.is_disconnected():
+                    await asyncio.wait_for(q.get(), timeout=max(check_at - loop.time(), 0))
+                except asyncio.TimeoutError:
+                    pass
+                if loop.time() >= check_at:
+                    check_at = loop.time() + 0.5
+                    if job.status not in FINISHED and await request.is_disconnected():
                         self.queue.cancel(job)
                         return False
             return True

@@ -34,8 +34,8 @@ class _Body(BaseModel):
     model: str | None = Field(
         None, description="a model this server loaded (GET /models); default: the first"
     )
-    width: int | None = Field(None, ge=64, description="default: the model's size, or the input image's")
-    height: int | None = Field(None, ge=64)
+    width: int | None = Field(None, ge=8, description="default: the model's size, or the input image's")
+    height: int | None = Field(None, ge=8)
     steps: int | None = Field(None, ge=1, description="decoder steps; default: the model's")
     guidance_scale: float | None = Field(None, ge=0, le=100, allow_inf_nan=False)
     prior_steps: int | None = Field(None, ge=1, description="2.x prior steps")
