@@ -102,7 +102,9 @@ class OutputFolder:
 
     def done(self, req: Request) -> bool:
         rec = self.records.get(req.id)
-        return bool(rec and rec.get("status") == "done" and all((self.folder / n).is_file() for n in rec["outputs"]))
+        return bool(
+            rec and rec.get("status") == "done" and all((self.folder / n).is_file() for n in rec["outputs"])
+        )
 
     def record(self, req: Request, outcome: Outcome, job_seed: int) -> None:
         """Write the outcome's images, then its manifest line: after a crash, a line means whole images."""
@@ -110,7 +112,11 @@ class OutputFolder:
             _write_atomic(self.folder / name, data)
         rec = {"id": req.id, "index": req.index, "line": req.line, "prompt": req.prompt, "job_seed": job_seed}
         if outcome.error is None:
-            rec |= {"status": "done", "outputs": [f[0] for f in outcome.files], "seeds": [f[2] for f in outcome.files]}
+            rec |= {
+                "status": "done",
+                "outputs": [f[0] for f in outcome.files],
+                "seeds": [f[2] for f in outcome.files],
+            }
         else:
             rec |= {"status": "failed", "error": outcome.error}
         rec["time"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
@@ -367,7 +373,9 @@ class Driver:
 
     def step(self, event: Any) -> None:
         if self.bar is not None:
-            self.bar.set_postfix_str(f"{event.stage} {event.step}/{event.total}, {self.summary.failed} failed")
+            self.bar.set_postfix_str(
+                f"{event.stage} {event.step}/{event.total}, {self.summary.failed} failed"
+            )
 
     def _say(self, text: str) -> None:
         if self.bar is not None:

@@ -328,7 +328,9 @@ def _plan_one(req: Request, fields: dict[str, Any], defaults: dict[str, Any], jo
         args["seed"] = derive_seed(job_seed, req.index)
     args["num_images"] = args["num_images"] or 1
     if args["seed"] + args["num_images"] - 1 > MAX_SEED:
-        raise ValueError(f"seeds {args['seed']} to {args['seed'] + args['num_images'] - 1} pass {MAX_SEED}")
+        raise ValueError(
+            f"seeds {args['seed']} to {args['seed'] + args['num_images'] - 1} pass the largest seed {MAX_SEED}"
+        )
     req.args, req.names = args, output_names(output, req.index, args["num_images"])
     model = _choose_model(args["model"], args["prior"], None, ROLES.get(req.command, "decoder"))
     req.model = (model.decoder, model.prior)
@@ -411,7 +413,13 @@ def _digest(req: Request) -> str:
     for k, word in enumerate(req.args.get("items") or []):
         if k % 2 == 0 and word.startswith("image:"):
             inputs[f"item{k // 2 + 1}"] = _sha256(word.removeprefix("image:"))
-    data = {"command": req.command, "args": req.args, "names": req.names, "model": req.model, "inputs": inputs}
+    data = {
+        "command": req.command,
+        "args": req.args,
+        "names": req.names,
+        "model": req.model,
+        "inputs": inputs,
+    }
     return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 

@@ -65,7 +65,9 @@ def add_batch_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--prior", metavar="REPO", help="the prior's Hugging Face id or folder")
     g.add_argument("-W", "--width", type=positive_int, help=f"image width (default {d.default_size})")
     g.add_argument("-H", "--height", type=positive_int, help=f"image height (default {d.default_size})")
-    g.add_argument("--steps", type=positive_int, metavar="N", help=f"decoder steps (default {d.default_steps})")
+    g.add_argument(
+        "--steps", type=positive_int, metavar="N", help=f"decoder steps (default {d.default_steps})"
+    )
     g.add_argument("--prior-steps", type=positive_int, metavar="N", help="prior steps")
     g.add_argument("--guidance-scale", "--cfg", type=finite_float, metavar="SCALE", help="decoder guidance")
     g.add_argument("--prior-guidance-scale", type=finite_float, metavar="SCALE", help="prior guidance")
@@ -152,10 +154,16 @@ def _local(runtime: Any) -> Any:
 
     device, dtype = _runtime(runtime.device, runtime.dtype, None)
     batch_size = runtime.batch_size or (4 if device.type == "cuda" else 1)
-    return replace(runtime, device=str(device), dtype=str(dtype).removeprefix("torch."), batch_size=batch_size)
+    return replace(
+        runtime, device=str(device), dtype=str(dtype).removeprefix("torch."), batch_size=batch_size
+    )
 
 
 COMMANDS: dict[str, Command] = {
-    "batch": Command(add_batch_args, batch, "run a job file of prompts or requests, resumably (also on Ray)",
-                     BATCH_EXAMPLES),  # fmt: skip
+    "batch": Command(
+        add_batch_args,
+        batch,
+        "run a job file of prompts or requests, resumably (also on Ray)",
+        BATCH_EXAMPLES,
+    ),  # fmt: skip
 }
