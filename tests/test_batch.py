@@ -437,6 +437,13 @@ def test_usage_errors_are_one_line(args, status, fragment, capsys, tmp_path):
     assert_one_line_error(code, out, err, status, fragment)
 
 
+def test_ray_not_installed(capsys, tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "ray", None)  # import ray -> ImportError
+    job = write(tmp_path / "job.txt", "a cat\n")
+    code, out, err = run(capsys, "batch", job, "-o", tmp_path / "out", "--ray")
+    assert_one_line_error(code, out, err, 2, "--ray needs Ray: pip install 'kandi[ray]'")
+
+
 def test_one_run_per_output_folder(capsys, tmp_path):
     job = write(tmp_path / "job.txt", "a cat\n")
     held = batch.OutputFolder(tmp_path / "out")
