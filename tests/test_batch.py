@@ -329,8 +329,8 @@ def test_every_editing_command_in_one_job_equals_the_command(offline_hub, inputs
 
 def test_each_model_is_loaded_once(offline_hub, k22_repos, capsys, tmp_path, monkeypatch):
     loads = []
-    real = cli._load
-    monkeypatch.setattr(cli, "_load", lambda model, *a: loads.append(model.decoder) or real(model, *a))
+    real = batch._load
+    monkeypatch.setattr(batch, "_load", lambda model, *a: loads.append(model.decoder) or real(model, *a))
     folder = json.dumps(str(k22_repos["decoder"]))
     lines = [
         f'{{"prompt": "cat {i}", "model": {folder if i % 2 else json.dumps("kandinsky-2.2")}}}'
@@ -375,7 +375,7 @@ def test_jsonl_fields_aliases_and_errors(tmp_path):
         "# a comment",
         '{"prompt": "x", "num_images": 3, "name": "many.png", "Guidance": 2, "prior-steps": 4}',
         '{"prompt": "x", "task": "outpaint"}',
-        '{"prompt": "x", "task": "img2img", "image": "a.png", "mask": "m.png"}',
+        '{"prompt": "x", "task": "img2img", "image": "a.png", "mask": "m.png", "outpaint": "1,1,1,1"}',
         '{"prompt": "x", "task": "sketch"}',
         '{"prompt": "x", "output": "../up"}',
         '{"prompt": "x", "output": "x.jpg"}',
@@ -384,9 +384,10 @@ def test_jsonl_fields_aliases_and_errors(tmp_path):
         '{"prompt": "x", "seed": -1, "paste_back": "yes"}',
         '{"prompt": "x", "image": "gone.png"}',
         '{"prompt": "x", "seed": 18446744073709551615, "num_images": 2}',
+        '{"prompt": "x", "image": "a.png", "mask": "m.png", "outpaint": "1,1,1,1"}',
     ]
     items = read_job(write(tmp_path / "job.jsonl", "\n".join(lines)))
-    assert [i.line for i in items] == [1, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13]
+    assert [i.line for i in items] == [1, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14]
     assert items[1].fields == {"prompt": "x", "num_images": 3, "output": "many.png", "guidance_scale": 2.0,
                                "prior_steps": 4}  # fmt: skip
     assert items[8].error == "prompt: expected text, got 5"
@@ -395,7 +396,7 @@ def test_jsonl_fields_aliases_and_errors(tmp_path):
     assert reqs[1].names == ["many_0.png", "many_1.png", "many_2.png"]
     assert [r.error for r in reqs[2:8]] == [
         "outpaint needs outpaint margins: LEFT,TOP,RIGHT,BOTTOM",
-        "mask does not apply to img2img",
+        "mask does not apply to img2img",  # the first field the task does not take
         "unknown task 'sketch' (one of " + ", ".join(sorted(batch_job.TASKS)) + ")",
         "output '../up': a name inside the output folder, such as cats/red.png",
         "output 'x.jpg': kandi writes PNG files (the parameters live in PNG chunks)",
@@ -404,6 +405,7 @@ def test_jsonl_fields_aliases_and_errors(tmp_path):
     assert reqs[9].error == "paste_back does not apply to generate"
     assert "gone.png" in reqs[10].error and reqs[10].id == "10-invalid"
     assert reqs[11].error == f"seeds {2**64 - 1} to {2**64} pass the largest seed {2**64 - 1}"
+    assert reqs[12].error == "give a mask (inpaint) or outpaint margins, not both"
 
 
 def test_the_id_follows_the_input_files_bytes(tmp_path):

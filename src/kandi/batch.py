@@ -27,8 +27,10 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from . import __version__
-from .batch_job import Request
+from . import __version__, cli_edit
+from .batch_job import ROLES, Request, namespace, one_line
+from .cli import Task, _choose_model, _load, _options, _runtime, _sampler
+from .configs import GenerationOptions
 from .errors import KandiError
 from .pngmeta import describe, png_bytes
 
@@ -171,6 +173,7 @@ class Worker:
             torch.set_num_threads(threads)
         self.runtime, self.show_downloads = runtime, show_downloads
         self._loaded: tuple[tuple[str, str | None], Any, Any] | None = None
+        self._broken: dict[tuple[str, str | None], str] = {}  # models that failed to load: not tried again
 
     def run(self, chunk: list[Request], step: Step | None = None) -> list[Outcome]:
         """Outcomes of the chunk's requests (those not to be written come back without images)."""
@@ -179,7 +182,8 @@ class Worker:
         try:
             model, models = self._models(chunk[0])
         except Exception as e:  # noqa: BLE001 (a model that cannot load fails its items, not the job)
-            return [Outcome(r.id, error=_describe(e)) for r in chunk]
+            self._broken[chunk[0].model] = _describe(e)
+            return [Outcome(r.id, error=self._broken[chunk[0].model]) for r in chunk]
         if len(chunk) > 1 and isinstance(models, K22Models) and all(r.command == "generate" for r in chunk):
             try:
                 return self._batched(chunk, model, models, step)
@@ -188,27 +192,27 @@ class Worker:
         return [self._single(r, model, models, step) for r in chunk]
 
     def _models(self, req: Request) -> tuple[Any, Any]:
-        from .cli import _choose_model, _load, _runtime
-
+        if req.model in self._broken:
+            raise KandiError(self._broken[req.model])
         if self._loaded is None or self._loaded[0] != req.model:
             self._loaded = None
             gc.collect()  # the previous model's memory back before the next one loads
             _empty_cache()
             device, dtype = _runtime(self.runtime.device, self.runtime.dtype, None)
-            model = _choose_model(req.args["model"], req.args["prior"], None, _role(req.command))
-            self._loaded = (req.model, *_load(model, device, dtype, self.runtime.variant, self.runtime.offline,
-                                              self.show_downloads))  # fmt: skip
+            model = _choose_model(
+                req.args["model"], req.args["prior"], None, ROLES.get(req.command, "decoder")
+            )
+            loaded = _load(
+                model, device, dtype, self.runtime.variant, self.runtime.offline, self.show_downloads
+            )
+            self._loaded = (req.model, *loaded)
         return self._loaded[1], self._loaded[2]
 
     def _single(self, req: Request, model: Any, models: Any, step: Step | None) -> Outcome:
-        from .cli import _images
-
         try:
             task, opts = _prepare(req, model)
-            seeds = [opts.seed + k for k in range(opts.num_images)]
-            made = list(_images(models, opts, seeds, task, False)) if step is None else _stepped(
-                models, opts, seeds, task, step)  # fmt: skip
-            return self._outcome(req, task, opts, model, models, [im for _, im in made])
+            images = _one_at_a_time(models, opts, task, step)
+            return self._outcome(req, task, opts, model, models, images, 1)
         except Exception as e:  # noqa: BLE001 (recorded in the manifest; the job goes on)
             return Outcome(req.id, error=_describe(e))
 
@@ -225,13 +229,26 @@ class Worker:
         outcomes = []
         for req, (task, opts) in zip(chunk, prepared):
             mine, images = images[: opts.num_images], images[opts.num_images :]
-            outcomes.append(self._outcome(req, task, opts, model, models, mine))
+            outcomes.append(self._outcome(req, task, opts, model, models, mine, len(chunk)))
         return outcomes
 
-    def _outcome(self, req: Request, task: Any, opts: Any, model: Any, models: Any, images: list) -> Outcome:
+    def _outcome(self, req: Request, task: Task, opts: GenerationOptions, model: Any, models: Any, images: list,
+                 batch: int) -> Outcome:  # fmt: skip
+        """The item's PNGs with the metadata `kandi COMMAND` writes (so --from-png works), and the size of
+        the decoder batch it was made in."""
         if not req.write:
             return Outcome(req.id)
-        info = _info(req, task, model, models, opts, self.runtime)
+        unet = models.unet
+        info = {
+            "command": req.command,
+            **({"inputs": task.inputs} if task.inputs else {}),
+            "repos": {"decoder": model.decoder, "prior": model.prior},
+            "variant": self.runtime.variant,
+            "device": unet.device.type,
+            "dtype": str(unet.dtype).removeprefix("torch."),
+            "sampler": _sampler(models, opts.scheduler),
+            "batch": {"index": req.index, "size": batch},
+        }
         files = []
         for k, (name, image) in enumerate(zip(req.names, images)):
             one = replace(opts, seed=opts.seed + k, num_images=1)
@@ -240,63 +257,40 @@ class Worker:
         return Outcome(req.id, files)
 
 
-def _stepped(models: Any, opts: Any, seeds: list[int], task: Any, step: Step) -> list[tuple[int, Any]]:
-    """`cli._images` with each progress event passed to `step` (for the item bar's postfix)."""
+def _one_at_a_time(models: Any, opts: GenerationOptions, task: Task, step: Step | None) -> list[Any]:
+    """The item's images, one seed at a time, as `kandi COMMAND` makes them; progress events to `step`."""
     from .pipelines import k3_tasks, k22_tasks
 
     run = getattr(k3_tasks if isinstance(models, k3_tasks.K3Models) else k22_tasks, task.name)
-    made = []
-    for seed in seeds:
-        for event in run(models, replace(opts, seed=seed, num_images=1), **task.kwargs):
+    images = []
+    for k in range(opts.num_images):
+        for event in run(models, replace(opts, seed=opts.seed + k, num_images=1), **task.kwargs):
             if isinstance(event, k22_tasks.Result):
-                made.append((seed, event.images[0]))
-            else:
+                images += event.images
+            elif step is not None:
                 step(event)
-    return made
+    return images
 
 
-def _role(command: str) -> str:
-    from .batch_job import ROLES
+PLANNERS = {  # each command's own checks and input files, as on the command line
+    "generate": lambda args, recorded: Task("text_to_image"),
+    "img2img": cli_edit._plan_img2img,
+    "inpaint": cli_edit._plan_inpaint,
+    "mix": cli_edit._plan_mix,
+    "controlnet": cli_edit._plan_controlnet,
+}
 
-    return ROLES.get(command, "decoder")
 
-
-def _prepare(req: Request, model: Any) -> tuple[Any, Any]:
+def _prepare(req: Request, model: Any) -> tuple[Task, GenerationOptions]:
     """The item's Task (input files opened) and GenerationOptions, exactly as its kandi command builds them."""
-    from . import cli_edit
-    from .batch_job import namespace
-    from .cli import Task, _options
-
-    planners = {"generate": lambda a, r: Task("text_to_image"), "img2img": cli_edit._plan_img2img,
-                "inpaint": cli_edit._plan_inpaint, "mix": cli_edit._plan_mix,
-                "controlnet": cli_edit._plan_controlnet}  # fmt: skip
     args = namespace(req)
-    task = planners[req.command](args, None)
+    task = PLANNERS[req.command](args, None)
     return task, _options(args, model, None, task)
-
-
-def _info(req: Request, task: Any, model: Any, models: Any, opts: Any, runtime: Runtime) -> dict[str, Any]:
-    """The kandi chunk's record beyond the options, as `kandi COMMAND` writes it (so --from-png works)."""
-    from .cli import _sampler
-
-    unet = models.unet
-    return {
-        "command": req.command,
-        **({"inputs": task.inputs} if task.inputs else {}),
-        "repos": {"decoder": model.decoder, "prior": model.prior},
-        "variant": runtime.variant,
-        "device": unet.device.type,
-        "dtype": str(unet.dtype).removeprefix("torch."),
-        "sampler": _sampler(models, opts.scheduler),
-        "batch": {"index": req.index, "size": runtime.batch_size},
-    }
 
 
 def _describe(e: BaseException) -> str:
     """An error as one line; unexpected kinds keep their type name (a bug should look like one)."""
-    from .batch_job import _one_line
-
-    text = _one_line(e)
+    text = one_line(e)
     expected = isinstance(e, KandiError | ValueError | TypeError | OSError)
     return text if expected else f"{type(e).__name__}: {text}"
 

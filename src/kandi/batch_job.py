@@ -207,38 +207,40 @@ def read_job(path: Path) -> list[Item]:
     else:
         rows = ((n, {"prompt": line.strip()}) for n, line in enumerate(text.splitlines(), 1)
                 if line.strip() and not line.lstrip().startswith("#"))  # fmt: skip
-    items = []
-    for index, (line, raw) in enumerate(rows):
-        try:
-            if isinstance(raw, Exception):
-                raise raw
-            items.append(Item(index, line, read_fields(raw)))
-        except ValueError as e:
-            items.append(Item(index, line, error=str(e)))
-    return items
+    return [_item(index, line, raw) for index, (line, raw) in enumerate(rows)]
 
 
-def _jsonl_rows(text: str) -> Iterator[tuple[int, dict[str, Any] | Exception]]:
+def _item(index: int, line: int, raw: dict[str, Any] | str) -> Item:
+    """The item of one row: its fields read, or the error (a text) that made the row unreadable."""
+    if isinstance(raw, str):
+        return Item(index, line, error=raw)
+    try:
+        return Item(index, line, read_fields(raw))
+    except ValueError as e:
+        return Item(index, line, error=str(e))
+
+
+def _jsonl_rows(text: str) -> Iterator[tuple[int, dict[str, Any] | str]]:
     for n, line in enumerate(text.splitlines(), 1):
         if not line.strip() or line.lstrip().startswith("#"):
             continue
         try:
             row = json.loads(line)
         except json.JSONDecodeError as e:
-            yield n, ValueError(f"not JSON ({e.msg} at column {e.colno})")
+            yield n, f"not JSON ({e.msg} at column {e.colno})"
             continue
         if isinstance(row, str):  # a bare JSON string is a prompt
             row = {"prompt": row}
-        yield n, row if isinstance(row, dict) else ValueError("expected a JSON object {...}")
+        yield n, row if isinstance(row, dict) else "expected a JSON object {...}"
 
 
-def _csv_rows(text: str, delimiter: str) -> Iterator[tuple[int, dict[str, Any] | Exception]]:
+def _csv_rows(text: str, delimiter: str) -> Iterator[tuple[int, dict[str, Any] | str]]:
     reader = csv.DictReader(text.splitlines(), delimiter=delimiter)
     start = 2  # the header is line 1
     for row in reader:
         line, start = start, reader.line_num + 1
         if None in row:
-            yield line, ValueError(f"{len(row[None])} more cells than the header has")
+            yield line, f"{len(row[None])} more cells than the header has"
         elif any((v or "").strip() for v in row.values()):
             yield line, {k: v.strip() if isinstance(v, str) else v for k, v in row.items()}
 
@@ -287,7 +289,7 @@ def plan(items: list[Item], defaults: dict[str, Any], job_dir: Path, job_seed: i
                 _plan_one(req, item.fields, defaults, job_dir, job_seed)
                 req.error = _claim(req, owners)
             except (UsageError, ValueError, OSError) as e:
-                req.error = _one_line(e)
+                req.error = one_line(e)
         if req.error is not None:
             req.id = f"{req.index}-invalid"  # recorded as failed; never skipped on a rerun
         requests.append(req)
@@ -303,7 +305,7 @@ def _claim(req: Request, owners: dict[str, Request]) -> str | None:
     return None
 
 
-def _one_line(e: BaseException) -> str:
+def one_line(e: BaseException) -> str:
     if isinstance(e, OSError) and e.strerror and e.filename:
         return f"{e.filename}: {e.strerror}"
     return " ".join(str(e).split()) or type(e).__name__
@@ -318,6 +320,8 @@ def _plan_one(req: Request, fields: dict[str, Any], defaults: dict[str, Any], jo
         raise ValueError(f"{stray[0]} does not apply to {fields.get('task') or req.command}")
     if req.command != "mix" and not fields.get("prompt"):
         raise ValueError("no prompt")
+    if "mask" in fields and "outpaint" in fields:
+        raise ValueError("give a mask (inpaint) or outpaint margins, not both")
     if "outpaint" in fields:  # the margins set the size: the job's -W/-H are not for this item
         defaults = {k: v for k, v in defaults.items() if k not in ("width", "height")}
     args = {**dict.fromkeys((*OPTIONS, *own)), **defaults, **fields}
