@@ -230,6 +230,26 @@ def test_killed_and_resumed_run_equals_an_uninterrupted_one(k22_repos, capsys, t
     assert not [p for p in cut.rglob(".*") if p.is_file()]
 
 
+def test_ctrl_c_exits_130_and_a_rerun_goes_on(k22_repos, capsys, tmp_path, monkeypatch):
+    job = write(tmp_path / "job.txt", "a red cat\na dog\na frog\n")
+    real = batch.Driver.take
+
+    def take_then_interrupt(self, req, outcome):
+        real(self, req, outcome)
+        raise KeyboardInterrupt
+
+    with monkeypatch.context() as m:
+        m.setattr(batch.Driver, "take", take_then_interrupt)
+        code, out, err = run(capsys, "batch", job, "-o", tmp_path / "out", *models(k22_repos), *TINY)
+    assert code == 130 and out == ""
+    assert err == (
+        "interrupted after 1 succeeded, 0 failed, 0 skipped: run the same command again to go on\n"
+        "kandi: error: interrupted\n"
+    )
+    code, out, _ = run(capsys, "batch", job, "-o", tmp_path / "out", *models(k22_repos), *TINY)
+    assert code == 0 and out.startswith("2 succeeded, 0 failed, 1 skipped")
+
+
 # ------------------------------------------------------------------------------------------- failures
 
 FAILING_JOB = [
