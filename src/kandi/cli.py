@@ -544,9 +544,9 @@ COMMANDS: dict[str, Command] = {
 
 def commands() -> dict[str, Command]:
     """Every subcommand in --help order. cli_edit builds on this module, so it is imported here, late."""
-    from . import cli_edit, cli_serve
+    from . import cli_batch, cli_edit, cli_serve
 
-    return {"generate": COMMANDS["generate"], **cli_edit.COMMANDS, **cli_serve.COMMANDS,
+    return {"generate": COMMANDS["generate"], **cli_edit.COMMANDS, **cli_batch.COMMANDS, **cli_serve.COMMANDS,
             "download": COMMANDS["download"]}  # fmt: skip
 
 

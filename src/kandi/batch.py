@@ -1,0 +1,399 @@
+"""`kandi batch`: run a job's requests, resumably, on this machine (or, via `batch_ray`, on a Ray cluster).
+
+The output folder holds the images and `manifest.jsonl`, one JSON line per finished item (its id, output
+names and seeds) or failed one (its error). Only the driver process writes there, and in this order: each
+image atomically (a temporary file, fsync, rename), then the item's manifest line (append, flush, fsync).
+So a kill at any moment leaves every recorded item whole, and a rerun skips exactly the items whose latest
+line says done and whose files are there, redoes the rest (overwriting a half-finished item's images)
+and removes leftover temporary files. A lock on the manifest keeps a second run off the same folder.
+
+Workers (`Worker`, one here or one per Ray actor) load each model once and make a chunk of requests at a
+time: text-to-image items of one model and size go through the decoder together (see
+`pipelines.k22_batch`); the chunks are fixed by the job file alone, so a resumed run batches exactly
+as an uninterrupted one and makes the same pixels.
+"""
+
+from __future__ import annotations
+
+import gc
+import json
+import os
+import re
+import secrets
+import sys
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from . import __version__, cli_edit
+from .batch_job import ROLES, Request, namespace, one_line
+from .cli import Task, _choose_model, _load, _options, _runtime, _sampler
+from .configs import GenerationOptions
+from .errors import KandiError
+from .pngmeta import describe, png_bytes
+
+MANIFEST = "manifest.jsonl"
+TEMPORARY = re.compile(r"^\..+\.[0-9a-f]{8}\.tmp$")  # what `_write_atomic` (and write_png) leave if killed
+
+
+# -------------------------------------------------------------------------------------- output folder
+
+
+@dataclass
+class Outcome:
+    """What a worker made of one request: its PNGs (name, bytes, seed), or its error."""
+
+    id: str
+    files: list[tuple[str, bytes, int]] = field(default_factory=list)
+    error: str | None = None
+
+
+class OutputFolder:
+    """The job's output folder: its manifest (read on opening, appended to) and atomic image writes."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        self.manifest = folder / MANIFEST
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            self._file = open(self.manifest, "a+b")  # noqa: SIM115 (held open: it carries the lock)
+        except OSError as e:
+            raise OSError(f"cannot write to the output folder {folder}: {e.strerror or e}") from None
+        self._lock()
+        self.records = self._read()
+        self._remove_temporary()
+
+    def _lock(self) -> None:
+        try:
+            import fcntl
+        except ImportError:  # Windows: no advisory locks; one run per folder is then up to the user
+            return
+        try:
+            fcntl.flock(self._file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise KandiError(f"another kandi batch is writing to {self.folder}: wait for it to end") from None
+
+    def _read(self) -> dict[str, dict[str, Any]]:
+        """The latest manifest line of each item id; a torn last line (a kill mid-append) is cut off."""
+        self._file.seek(0)
+        data = self._file.read()
+        end = data.rfind(b"\n") + 1
+        if end < len(data):
+            self._file.truncate(end)
+        records = {}
+        for line in data[:end].splitlines():
+            try:
+                rec = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            if isinstance(rec, dict) and isinstance(rec.get("id"), str):
+                records[rec["id"]] = rec
+        return records
+
+    def _remove_temporary(self) -> None:
+        for path in self.folder.rglob(".*.tmp"):
+            if TEMPORARY.match(path.name):
+                path.unlink(missing_ok=True)
+
+    def job_seed(self) -> int | None:
+        """The job seed of the latest run recorded here, if any."""
+        seeds = [r["job_seed"] for r in self.records.values() if isinstance(r.get("job_seed"), int)]
+        return seeds[-1] if seeds else None
+
+    def done(self, req: Request) -> bool:
+        rec = self.records.get(req.id)
+        return bool(
+            rec and rec.get("status") == "done" and all((self.folder / n).is_file() for n in rec["outputs"])
+        )
+
+    def record(self, req: Request, outcome: Outcome, job_seed: int) -> None:
+        """Write the outcome's images, then its manifest line: after a crash, a line means whole images."""
+        for name, data, _ in outcome.files:
+            _write_atomic(self.folder / name, data)
+        rec = {"id": req.id, "index": req.index, "line": req.line, "prompt": req.prompt, "job_seed": job_seed}
+        if outcome.error is None:
+            rec |= {
+                "status": "done",
+                "outputs": [f[0] for f in outcome.files],
+                "seeds": [f[2] for f in outcome.files],
+            }
+        else:
+            rec |= {"status": "failed", "error": outcome.error}
+        rec["time"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+        self._file.write((json.dumps(rec, ensure_ascii=False) + "\n").encode())
+        self._file.flush()
+        os.fsync(self._file.fileno())
+        self.records[req.id] = rec
+
+    def close(self) -> None:
+        self._file.close()
+
+
+def _write_atomic(path: Path, data: bytes) -> None:
+    """`data` at `path` whole or not at all: a temporary file in the same folder, fsync, then rename (which
+    replaces a half-finished item's earlier image)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
+    try:
+        with open(tmp, "xb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+# ---------------------------------------------------------------------------------------------- workers
+
+
+@dataclass(frozen=True)
+class Runtime:
+    """How every worker runs: the same for each (sent to Ray actors)."""
+
+    device: str | None = None
+    dtype: str | None = None
+    variant: str | None = None
+    offline: bool = False
+    batch_size: int = 1
+
+
+Step = Callable[[Any], None]  # receives each Progress event
+
+
+class Worker:
+    """Makes chunks of requests, each model loaded once (the last one used stays loaded)."""
+
+    def __init__(self, runtime: Runtime, threads: int | None = None, show_downloads: bool = False) -> None:
+        if threads:
+            import torch
+
+            torch.set_num_threads(threads)
+        self.runtime, self.show_downloads = runtime, show_downloads
+        self._loaded: tuple[tuple[str, str | None], Any, Any] | None = None
+        self._broken: dict[tuple[str, str | None], str] = {}  # models that failed to load: not tried again
+
+    def run(self, chunk: list[Request], step: Step | None = None) -> list[Outcome]:
+        """Outcomes of the chunk's requests (those not to be written come back without images)."""
+        from .pipelines.k22_tasks import K22Models
+
+        try:
+            model, models = self._models(chunk[0])
+        except Exception as e:  # noqa: BLE001 (a model that cannot load fails its items, not the job)
+            self._broken[chunk[0].model] = _describe(e)
+            return [Outcome(r.id, error=self._broken[chunk[0].model]) for r in chunk]
+        if len(chunk) > 1 and isinstance(models, K22Models) and all(r.command == "generate" for r in chunk):
+            try:
+                return self._batched(chunk, model, models, step)
+            except Exception:  # noqa: BLE001 (one bad item should not fail its batch: each alone says which)
+                pass
+        return [self._single(r, model, models, step) for r in chunk]
+
+    def _models(self, req: Request) -> tuple[Any, Any]:
+        if req.model in self._broken:
+            raise KandiError(self._broken[req.model])
+        if self._loaded is None or self._loaded[0] != req.model:
+            self._loaded = None
+            gc.collect()  # the previous model's memory back before the next one loads
+            _empty_cache()
+            device, dtype = _runtime(self.runtime.device, self.runtime.dtype, None)
+            model = _choose_model(
+                req.args["model"], req.args["prior"], None, ROLES.get(req.command, "decoder")
+            )
+            loaded = _load(
+                model, device, dtype, self.runtime.variant, self.runtime.offline, self.show_downloads
+            )
+            self._loaded = (req.model, *loaded)
+        return self._loaded[1], self._loaded[2]
+
+    def _single(self, req: Request, model: Any, models: Any, step: Step | None) -> Outcome:
+        try:
+            task, opts = _prepare(req, model)
+            images = _one_at_a_time(models, opts, task, step)
+            return self._outcome(req, task, opts, model, models, images, 1)
+        except Exception as e:  # noqa: BLE001 (recorded in the manifest; the job goes on)
+            return Outcome(req.id, error=_describe(e))
+
+    def _batched(self, chunk: list[Request], model: Any, models: Any, step: Step | None) -> list[Outcome]:
+        from .pipelines.k22_batch import text_to_image_batch
+        from .pipelines.k22_tasks import Result
+
+        prepared = [_prepare(r, model) for r in chunk]
+        for event in text_to_image_batch(models, [opts for _, opts in prepared]):
+            if isinstance(event, Result):
+                images = event.images
+            elif step is not None:
+                step(event)
+        outcomes = []
+        for req, (task, opts) in zip(chunk, prepared):
+            mine, images = images[: opts.num_images], images[opts.num_images :]
+            outcomes.append(self._outcome(req, task, opts, model, models, mine, len(chunk)))
+        return outcomes
+
+    def _outcome(self, req: Request, task: Task, opts: GenerationOptions, model: Any, models: Any, images: list,
+                 batch: int) -> Outcome:  # fmt: skip
+        """The item's PNGs with the metadata `kandi COMMAND` writes (so --from-png works), and the size of
+        the decoder batch it was made in."""
+        if not req.write:
+            return Outcome(req.id)
+        unet = models.unet
+        info = {
+            "command": req.command,
+            **({"inputs": task.inputs} if task.inputs else {}),
+            "repos": {"decoder": model.decoder, "prior": model.prior},
+            "variant": self.runtime.variant,
+            "device": unet.device.type,
+            "dtype": str(unet.dtype).removeprefix("torch."),
+            "sampler": _sampler(models, opts.scheduler),
+            "batch": {"index": req.index, "size": batch},
+        }
+        files = []
+        for k, (name, image) in enumerate(zip(req.names, images)):
+            one = replace(opts, seed=opts.seed + k, num_images=1)
+            text, data = describe(one.to_dict(), info, image.size, __version__, task.fields)
+            files.append((name, png_bytes(image, text, data), one.seed))
+        return Outcome(req.id, files)
+
+
+def _one_at_a_time(models: Any, opts: GenerationOptions, task: Task, step: Step | None) -> list[Any]:
+    """The item's images, one seed at a time, as `kandi COMMAND` makes them; progress events to `step`."""
+    from .pipelines import k3_tasks, k22_tasks
+
+    run = getattr(k3_tasks if isinstance(models, k3_tasks.K3Models) else k22_tasks, task.name)
+    images = []
+    for k in range(opts.num_images):
+        for event in run(models, replace(opts, seed=opts.seed + k, num_images=1), **task.kwargs):
+            if isinstance(event, k22_tasks.Result):
+                images += event.images
+            elif step is not None:
+                step(event)
+    return images
+
+
+PLANNERS = {  # each command's own checks and input files, as on the command line
+    "generate": lambda args, recorded: Task("text_to_image"),
+    "img2img": cli_edit._plan_img2img,
+    "inpaint": cli_edit._plan_inpaint,
+    "mix": cli_edit._plan_mix,
+    "controlnet": cli_edit._plan_controlnet,
+}
+
+
+def _prepare(req: Request, model: Any) -> tuple[Task, GenerationOptions]:
+    """The item's Task (input files opened) and GenerationOptions, exactly as its kandi command builds them."""
+    args = namespace(req)
+    task = PLANNERS[req.command](args, None)
+    return task, _options(args, model, None, task)
+
+
+def _describe(e: BaseException) -> str:
+    """An error as one line; unexpected kinds keep their type name (a bug should look like one)."""
+    text = one_line(e)
+    expected = isinstance(e, KandiError | ValueError | TypeError | OSError)
+    return text if expected else f"{type(e).__name__}: {text}"
+
+
+def _empty_cache() -> None:
+    import torch
+
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+# ------------------------------------------------------------------------------------------ the driver
+
+
+def chunks(requests: Iterable[Request], batch_size: int) -> list[list[Request]]:
+    """Runnable requests in chunks: one model's together (loaded once), batches of one group, in job order.
+
+    Fixed by the job alone (never by what is done), so every run batches each item with the same others.
+    """
+    groups: dict[tuple, dict[tuple, list[Request]]] = {}
+    for req in requests:
+        if req.error is None:
+            groups.setdefault(req.model, {}).setdefault(req.group, []).append(req)
+    out = []
+    for by_group in groups.values():
+        for members in by_group.values():
+            out += [members[k : k + batch_size] for k in range(0, len(members), batch_size)]
+    return out
+
+
+@dataclass
+class Summary:
+    succeeded: int = 0
+    failed: int = 0
+    skipped: int = 0
+
+    def line(self) -> str:
+        return f"{self.succeeded} succeeded, {self.failed} failed, {self.skipped} skipped"
+
+
+class Driver:
+    """Writes outcomes as they come (images, then the manifest line), counts them and shows progress."""
+
+    def __init__(self, output: OutputFolder, requests: list[Request], job_seed: int, bar: bool) -> None:
+        self.output, self.job_seed = output, job_seed
+        self.summary = Summary()
+        self.todo: dict[str, Request] = {}
+        for req in requests:
+            if req.error is None and output.done(req):
+                req.write = False
+                self.summary.skipped += 1
+            else:
+                self.todo[req.id] = req
+        self.bar = _bar(len(self.todo)) if bar else None
+
+    def start(self) -> None:
+        """The items that cannot run (malformed lines, bad requests) are recorded first."""
+        for req in list(self.todo.values()):
+            if req.error is not None:
+                self.take(req, Outcome(req.id, error=req.error))
+
+    def take(self, req: Request, outcome: Outcome) -> None:
+        if not req.write:
+            return
+        self.output.record(req, outcome, self.job_seed)
+        if outcome.error is None:
+            self.summary.succeeded += 1
+        else:
+            self.summary.failed += 1
+            self._say(f"{req.where} failed: {outcome.error}")
+        if self.bar is not None:
+            self.bar.set_postfix_str(f"{self.summary.failed} failed", refresh=False)
+            self.bar.update()
+
+    def step(self, event: Any) -> None:
+        if self.bar is not None:
+            self.bar.set_postfix_str(
+                f"{event.stage} {event.step}/{event.total}, {self.summary.failed} failed"
+            )
+
+    def _say(self, text: str) -> None:
+        if self.bar is not None:
+            self.bar.write(text, file=sys.stderr)
+        else:
+            print(text, file=sys.stderr, flush=True)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+def _bar(total: int) -> Any:
+    from tqdm import tqdm
+
+    return tqdm(total=total, desc="kandi batch", unit="item", file=sys.stderr, dynamic_ncols=True)
+
+
+def run_local(driver: Driver, requests: list[Request], runtime: Runtime, show: bool) -> None:
+    """Every chunk on this machine, one after the other."""
+    worker = Worker(runtime, show_downloads=show)
+    step = driver.step if show else None
+    for chunk in chunks(requests, runtime.batch_size):
+        if not any(r.write for r in chunk):
+            continue
+        for req, outcome in zip(chunk, worker.run(chunk, step)):
+            driver.take(req, outcome)
