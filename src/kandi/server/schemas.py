@@ -12,11 +12,12 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from ..cli import MAX_SEED
+from ..cli_edit import _default_size as _size  # an input's size rounded to 64, as the CLI
 from ..configs import GenerationOptions
 from .engine import Engine, Request
 from .inputs import FieldError, Limits, decode_image, decode_mask
 
-MAX_SEED = 2**64 - 1
 TASKS = {  # URL name -> engine task
     "txt2img": "text_to_image",
     "img2img": "image_to_image",
@@ -203,8 +204,3 @@ def _mix(body: MixBody, limits: Limits) -> tuple[str, dict, None, dict]:
 def _edit(strength: float, more: dict[str, Any] | None = None) -> dict[str, Any]:
     return {"strength": strength, "fields": {"Denoising strength": strength},
             "extra": {"strength": strength, **(more or {})}}  # fmt: skip
-
-
-def _size(image: Any) -> tuple[int, int]:
-    """An input's (width, height), rounded to the nearest multiple of 64, as the CLI's default."""
-    return tuple(max(64, int(v / 64 + 0.5) * 64) for v in image.size)
