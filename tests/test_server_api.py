@@ -348,6 +348,11 @@ def test_api_key_protects_every_endpoint(engine):
         assert c.get("/health", headers={"X-API-Key": "s3cret"}).status_code == 200
         basic = base64.b64encode(b"anyone:s3cret").decode()
         assert c.get("/health", headers={"Authorization": f"Basic {basic}"}).status_code == 200
+        from starlette.websockets import WebSocketDisconnect
+
+        with pytest.raises(WebSocketDisconnect) as refused, c.websocket_connect("/ui/queue/join"):
+            pass
+        assert refused.value.code == 1008
 
 
 # -------------------------------------------------------------------------------------- AUTOMATIC1111

@@ -149,9 +149,13 @@ class _Guard:
         self.app, self.api_key, self.max_body = app, api_key, max_body
 
     async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
-        if scope["type"] != "http":
+        if scope["type"] not in ("http", "websocket"):
             return await self.app(scope, receive, send)
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers", [])}
+        if scope["type"] == "websocket":  # no body to cap; refuse the handshake without the key
+            if self.api_key and not self._authorized(headers):
+                return await send({"type": "websocket.close", "code": 1008})
+            return await self.app(scope, receive, send)
         if self.api_key and not self._authorized(headers):
             return await error(401, "this server needs an API key: send `Authorization: Bearer KEY`, "
                                "`X-API-Key: KEY` or HTTP basic auth with the key as password",
