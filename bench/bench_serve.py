@@ -27,7 +27,6 @@ import math
 import os
 import platform
 import shlex
-import shutil
 import socket
 import subprocess
 import sys
@@ -50,16 +49,13 @@ COUNTERS = ("completed", "failed", "cancelled", "rejected")
 # ------------------------------------------------------------------------------------------ the server
 
 
-def tiny_repos(root: Path = OUT / "tiny") -> dict[str, Path]:
-    """The tiny random 2.2 prior + decoder of the test suite, saved once (the folder bench_k22.py uses)."""
-    paths = {"prior": root / "k22-prior", "decoder": root / "k22-decoder"}
-    if all((p / "model_index.json").is_file() for p in paths.values()):
-        return paths
-    sys.path.insert(0, str(ROOT / "tests"))
-    import tiny  # tests/tiny.py: diffusers-built random components (imports torch and diffusers)
+def tiny_repos() -> dict[str, Path]:
+    """The tiny random 2.2 prior + decoder of the test suite, saved once: bench_k22.py's (imported here, late,
+    because it imports torch)."""
+    sys.path.insert(0, str(ROOT / "bench"))
+    from bench_k22 import tiny_repos as saved
 
-    shutil.rmtree(root, ignore_errors=True)
-    return tiny.save_k22_repos(root)
+    return saved()
 
 
 def free_port() -> int:

@@ -29,7 +29,7 @@ from typing import Any
 
 from . import __version__, cli_edit
 from .batch_job import ROLES, Request, namespace, one_line
-from .cli import Task, _choose_model, _load, _options, _runtime, _sampler
+from .cli import Task, _choose_model, _load, _options, _runtime, image_info
 from .configs import GenerationOptions
 from .errors import KandiError
 from .pngmeta import describe, png_bytes
@@ -239,16 +239,8 @@ class Worker:
         if not req.write:
             return Outcome(req.id)
         unet = models.unet
-        info = {
-            "command": req.command,
-            **({"inputs": task.inputs} if task.inputs else {}),
-            "repos": {"decoder": model.decoder, "prior": model.prior},
-            "variant": self.runtime.variant,
-            "device": unet.device.type,
-            "dtype": str(unet.dtype).removeprefix("torch."),
-            "sampler": _sampler(models, opts.scheduler),
-            "batch": {"index": req.index, "size": batch},
-        }
+        info = image_info(req.command, model, models, opts.scheduler, self.runtime.variant, unet.device, unet.dtype,
+                          task.inputs) | {"batch": {"index": req.index, "size": batch}}  # fmt: skip
         files = []
         for k, (name, image) in enumerate(zip(req.names, images)):
             one = replace(opts, seed=opts.seed + k, num_images=1)
@@ -259,16 +251,14 @@ class Worker:
 
 def _one_at_a_time(models: Any, opts: GenerationOptions, task: Task, step: Step | None) -> list[Any]:
     """The item's images, one seed at a time, as `kandi COMMAND` makes them; progress events to `step`."""
-    from .pipelines import k3_tasks, k22_tasks
+    from .pipelines.tasks import Made, each_image
 
-    run = getattr(k3_tasks if isinstance(models, k3_tasks.K3Models) else k22_tasks, task.name)
     images = []
-    for k in range(opts.num_images):
-        for event in run(models, replace(opts, seed=opts.seed + k, num_images=1), **task.kwargs):
-            if isinstance(event, k22_tasks.Result):
-                images += event.images
-            elif step is not None:
-                step(event)
+    for event in each_image(models, opts, task.name, **task.kwargs):
+        if isinstance(event, Made):
+            images.append(event.image)
+        elif step is not None:
+            step(event)
     return images
 
 

@@ -205,16 +205,8 @@ def run_task(args: argparse.Namespace, plan: Plan) -> int:
     variant = args.variant or (recorded or {}).get("variant")
     show_progress = not args.quiet and sys.stderr.isatty()
     model, models = _load(model, device, dtype, variant, args.offline, show_progress)
-    info = {
-        "command": args.command,
-        **({"inputs": task.inputs} if task.inputs else {}),
-        "repos": {"decoder": model.decoder, "prior": model.prior},
-        "variant": variant,
-        "device": device.type,
-        "dtype": str(dtype).removeprefix("torch."),
-        "sampler": _sampler(models, opts.scheduler),
-    }
-    for (seed, image), target in zip(_images(models, opts, seeds, task, show_progress), targets):
+    info = image_info(args.command, model, models, opts.scheduler, variant, device, dtype, task.inputs)
+    for (seed, image), target in zip(_images(models, opts, task, show_progress), targets):
         if seed == seeds[0] and image.size != (opts.width, opts.height):
             w, h = image.size
             print(
@@ -426,29 +418,41 @@ def _sampler(models: K22Models, scheduler: str | None) -> str:
     return (scheduler or type(models.scheduler).__name__).removesuffix("Scheduler").upper()
 
 
-def _images(
-    models: K22Models, opts: GenerationOptions, seeds: list[int], task: Task, show: bool
-) -> Iterator[tuple[int, Any]]:
-    """(seed, PIL image) of each image, made one at a time so each is saved as soon as it is done."""
-    from .pipelines import k3_tasks, k22_tasks
-    from .pipelines.k22 import steps_run
+def image_info(command: str, model: _Model, models: Any, scheduler: str | None, variant: str | None,
+               device: torch.device, dtype: torch.dtype, inputs: dict[str, Any] | None = None) -> dict[str, Any]:  # fmt: skip
+    """What the kandi chunk of each image records besides its options (`pngmeta.describe`'s `info`); the
+    CLI, the server and the batch runner all write it, so `--from-png` works on any of their images."""
+    return {
+        "command": command,
+        **({"inputs": inputs} if inputs else {}),
+        "repos": {"decoder": model.decoder, "prior": model.prior},
+        "variant": variant,
+        "device": device.type,
+        "dtype": str(dtype).removeprefix("torch."),
+        "sampler": _sampler(models, scheduler),
+    }
 
-    is_k3 = isinstance(models, k3_tasks.K3Models)
-    run = getattr(k3_tasks if is_k3 else k22_tasks, task.name)
-    total = (0 if is_k3 else opts.prior_steps * task.prior_runs) + steps_run(opts.steps, task.strength)
-    for k, seed in enumerate(seeds):
-        bar = _bar(f"image {k + 1}/{len(seeds)}", total) if show else None
-        try:
-            for event in run(models, replace(opts, seed=seed, num_images=1), **task.kwargs):
-                if isinstance(event, k22_tasks.Result):
-                    image = event.images[0]
-                elif bar is not None:
-                    bar.set_postfix_str(event.stage, refresh=False)
-                    bar.update()
-        finally:
-            if bar is not None:
-                bar.close()
-        yield seed, image
+
+def _images(models: Any, opts: GenerationOptions, task: Task, show: bool) -> Iterator[tuple[int, Any]]:
+    """(seed, PIL image) of each image, made one at a time so each is saved as soon as it is done."""
+    from .pipelines.tasks import Made, each_image, steps_per_image
+
+    total = steps_per_image(models, opts, task.prior_runs, task.strength)
+    bar = None
+    try:
+        for event in each_image(models, opts, task.name, **task.kwargs):
+            if isinstance(event, Made):
+                if bar is not None:
+                    bar.close()
+                    bar = None
+                yield event.seed, event.image
+            elif show:
+                bar = bar or _bar(f"image {event.image + 1}/{event.num_images}", total)
+                bar.set_postfix_str(event.stage, refresh=False)
+                bar.update()
+    finally:
+        if bar is not None:
+            bar.close()
 
 
 def _bar(desc: str, total: int) -> Any:

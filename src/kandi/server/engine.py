@@ -183,9 +183,8 @@ class Engine:
             cancelled: Callable[[], bool]) -> list[Generated]:  # fmt: skip
         """Make the request's images one seed at a time; `progress` hears every step, and the run stops
         with `Cancelled` at the first step after `cancelled()` turns true."""
-        from ..cli import _sampler
-        from ..pipelines import k3_tasks, k22_tasks
-        from ..pipelines.k22 import steps_run
+        from ..cli import image_info
+        from ..pipelines.tasks import Made, each_image, steps_per_image
 
         model, models = self.models(label, req.role)
         # set_timesteps writes into a scheduler: each run gets its own, so runs may overlap
@@ -195,29 +194,25 @@ class Engine:
             if hasattr(models, n)
         }
         models = replace(models, **own)
-        k3 = isinstance(models, k3_tasks.K3Models)
-        run = getattr(k3_tasks if k3 else k22_tasks, req.task)
-        total = (0 if k3 else req.opts.prior_steps * req.prior_runs) + steps_run(req.opts.steps, req.strength)
-        info = {"command": TASK_COMMANDS[req.task], "repos": {"decoder": model.decoder, "prior": model.prior},
-                "variant": self.variant, "device": self.device.type,
-                "dtype": str(self.dtype).removeprefix("torch."), "sampler": _sampler(models, req.opts.scheduler)}  # fmt: skip
-        seeds = [req.opts.seed + i for i in range(req.opts.num_images)]
-        out = []
-        for k, seed in enumerate(seeds):
-            opts = replace(req.opts, seed=seed, num_images=1)
-            done = 0
-            for event in run(models, opts, **req.kwargs):
-                if cancelled():
-                    raise Cancelled(out)
-                if isinstance(event, k22_tasks.Result):
-                    out.append(self._png(event.images[0], opts, info, req.fields, seed))
-                else:
-                    done += 1
-                    progress(Step(k, len(seeds), event.stage, min(done, total), total))
+        total = steps_per_image(models, req.opts, req.prior_runs, req.strength)
+        info = image_info(TASK_COMMANDS[req.task], model, models, req.opts.scheduler, self.variant, self.device,
+                          self.dtype)  # fmt: skip
+        out: list[Generated] = []
+        done = 0
+        for event in each_image(models, req.opts, req.task, **req.kwargs):
+            if cancelled():
+                raise Cancelled(out)
+            if isinstance(event, Made):
+                out.append(
+                    self._png(event.image, replace(req.opts, seed=event.seed, num_images=1), info, req.fields)
+                )
+                done = 0
+            else:
+                done += 1
+                progress(Step(event.image, event.num_images, event.stage, min(done, total), total))
         return out
 
     @staticmethod
-    def _png(image: Any, opts: GenerationOptions, info: dict[str, Any], fields: dict[str, Any],
-             seed: int) -> Generated:  # fmt: skip
+    def _png(image: Any, opts: GenerationOptions, info: dict[str, Any], fields: dict[str, Any]) -> Generated:
         text, data = describe(opts.to_dict(), info, image.size, __version__, fields)
-        return Generated(seed, png_bytes(image, text, data), text, *image.size)
+        return Generated(opts.seed, png_bytes(image, text, data), text, *image.size)

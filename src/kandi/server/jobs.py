@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import logging
 import queue
 import secrets
 import threading
@@ -22,6 +23,7 @@ from ..errors import ModelNotFoundError
 from .engine import Cancelled, Generated, Step
 
 FINISHED = ("done", "failed", "cancelled")
+log = logging.getLogger("kandi.server")
 
 
 class QueueFull(Exception):
@@ -233,9 +235,7 @@ class JobQueue:
             return "failed"
         except Exception as e:  # a bug of ours: say so without the traceback
             job.error, job.error_status = f"internal error: {type(e).__name__}", 500
-            import logging
-
-            logging.getLogger("kandi.server").exception("job %s failed", job.id)
+            log.exception("job %s failed", job.id)
             return "failed"
 
 
