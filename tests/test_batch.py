@@ -19,8 +19,10 @@ import pytest
 from PIL import Image
 from test_cli import assert_one_line_error, pixels, run
 
-from kandi import batch, batch_job, cli, pngmeta
-from kandi.batch_job import derive_seed, read_job
+from kandi import cli, pngmeta
+from kandi.batch import job as batch_job
+from kandi.batch import runner as batch
+from kandi.batch.job import derive_seed, read_job
 
 TINY = ["-W", "32", "-H", "32", "--steps", "3", "--prior-steps", "2"]  # the tiny MoVQ downsamples 2x
 PROMPTS = ["a red cat", "a blue dog", "a house on a hill", "Красивый закат над горами", "a green frog"]
@@ -349,8 +351,11 @@ def test_every_editing_command_in_one_job_equals_the_command(offline_hub, inputs
 
 def test_each_model_is_loaded_once(offline_hub, k22_repos, capsys, tmp_path, monkeypatch):
     loads = []
-    real = batch._load
-    monkeypatch.setattr(batch, "_load", lambda model, *a: loads.append(model.decoder) or real(model, *a))
+    from kandi.engine import engine as engine_module
+
+    real = engine_module.load
+    monkeypatch.setattr(engine_module, "load",
+                        lambda model, *a, **kw: loads.append(model.decoder) or real(model, *a, **kw))  # fmt: skip
     folder = json.dumps(str(k22_repos["decoder"]))
     lines = [
         f'{{"prompt": "cat {i}", "model": {folder if i % 2 else json.dumps("kandinsky-2.2")}}}'

@@ -23,6 +23,7 @@ from PIL import Image
 
 import kandi
 from kandi import cli, pngmeta
+from kandi.engine.console import quiet_third_party
 from kandi.errors import KandiWarning
 
 OFFICIAL = {
@@ -268,13 +269,13 @@ def test_interrupt_exits_130_and_bugs_keep_their_traceback(capsys, monkeypatch):
     def interrupt(*args):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(cli, "_choose_model", interrupt)
+    monkeypatch.setattr(cli.common, "plan", interrupt)
     assert_one_line_error(*run(capsys, "generate", "a cat"), 130, "interrupted")
 
     def bug(*args):
         raise RuntimeError("a bug")
 
-    monkeypatch.setattr(cli, "_choose_model", bug)
+    monkeypatch.setattr(cli.common, "plan", bug)
     with pytest.raises(RuntimeError, match="a bug"):
         cli.main(["generate", "a cat"])
 
@@ -328,7 +329,7 @@ def test_only_kandi_warnings_reach_the_user(capsys):
     import logging
 
     level = logging.getLogger("transformers").level
-    with cli._quiet_third_party():
+    with quiet_third_party():
         warnings.warn("offload ignored", KandiWarning, stacklevel=1)
         warnings.warn("some library deprecation", FutureWarning, stacklevel=1)
         logging.getLogger("transformers.foo").warning("library chatter")

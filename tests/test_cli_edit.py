@@ -18,7 +18,8 @@ from PIL import Image
 from test_cli import assert_one_line_error, chunks, pixels, run, written
 
 import kandi
-from kandi import cli, cli_edit
+from kandi import cli
+from kandi.engine.requests import default_size
 
 PROMPT, NEGATIVE = "a red cat", "blurry"
 STEPS = ["--steps", "3", "--prior-steps", "2"]
@@ -204,7 +205,7 @@ def test_mask_of_another_size_is_stretched(files, offline_hub, capsys, tmp_path)
 
 def test_default_size_is_the_inputs_rounded_to_64():
     sizes = [(32, 32), (100, 70), (500, 333), (96, 160)]
-    assert [cli_edit._default_size(Image.new("RGB", s)) for s in sizes] == [
+    assert [default_size(Image.new("RGB", s)) for s in sizes] == [
         (64, 64), (128, 64), (512, 320), (128, 192),
     ]  # fmt: skip
 

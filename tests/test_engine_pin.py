@@ -85,7 +85,7 @@ def server_pngs(folder: Path) -> dict[str, bytes]:
     from fastapi.testclient import TestClient
 
     from kandi.server.api import create_app
-    from kandi.server.engine import Engine
+    from kandi.engine import Engine
 
     def b64(path: Path) -> str:
         return base64.b64encode(path.read_bytes()).decode()

@@ -20,7 +20,7 @@ from test_cli import pixels, run
 
 from kandi import pngmeta
 from kandi.server.api import create_app
-from kandi.server.engine import Engine
+from kandi.engine import Engine
 from kandi.server.inputs import Limits
 
 SMALL = {"width": 32, "height": 32, "steps": 3, "prior_steps": 2}
@@ -460,7 +460,7 @@ def test_a1111_progress_and_interrupt(engine):
 
 
 def test_serve_warns_when_bound_beyond_loopback(capsys):
-    from kandi.cli_serve import _warn_if_exposed
+    from kandi.cli.serve import _warn_if_exposed
 
     _warn_if_exposed("127.0.0.1", None)
     _warn_if_exposed("::1", None)

@@ -14,7 +14,7 @@ from PIL import Image
 from pydantic import ValidationError
 
 from kandi.server.api import Server, create_app
-from kandi.server.engine import Engine
+from kandi.engine import Engine
 from kandi.server.inputs import FieldError, Limits, decode_mask
 from kandi.server.jobs import JobQueue
 from kandi.server.schemas import InpaintBody, MixBody, Txt2ImgBody

@@ -103,18 +103,20 @@ def _add_text(info: Any, key: str, value: str) -> None:
 
 
 def write_png(path: str | os.PathLike, image: Any, params_text: str, options_json: str) -> Path:
-    """Save `image` as a PNG at `path` with both text chunks, atomically and never over an existing file.
+    """Save `image` as a PNG at `path` with both text chunks, atomically and never over an existing file."""
+    return write_bytes_new(path, png_bytes(image, params_text, options_json))
 
-    The PNG is written to a temporary file in the same folder and then hard-linked to `path`, which fails
-    with FileExistsError if `path` exists, so a reader never sees half a file and nothing is overwritten.
-    """
+
+def write_bytes_new(path: str | os.PathLike, data: bytes) -> Path:
+    """`data` at `path`, atomically and never over an existing file: written to a temporary file in the
+    same folder and then hard-linked to `path`, which fails with FileExistsError if `path` exists, so a
+    reader never sees half a file and nothing is overwritten."""
     path = Path(path)
-    info = _pnginfo(params_text, options_json)
     tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
     try:
         with os.fdopen(fd, "wb") as f:
-            image.save(f, format="PNG", pnginfo=info)
+            f.write(data)
             f.flush()
             os.fsync(f.fileno())
         _publish(tmp, path)

@@ -11,7 +11,6 @@ Kandinsky). Images are base64 PNGs carrying the A1111 `parameters` text chunk.
 from __future__ import annotations
 
 import json
-import secrets
 import time
 from typing import Any
 
@@ -20,11 +19,11 @@ from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field
 
 from .. import __version__
-from ..configs import GenerationOptions
+from ..engine import Input, Plan
+from ..engine import Request as EngineRequest
 from ..pngmeta import KANDI_KEY, PARAMETERS_KEY, parse_parameters
-from .engine import Request as EngineRequest
 from .inputs import FieldError, decode_image, decode_mask, encode_png_base64
-from .schemas import MAX_SEED, _edit
+from .service import error
 
 SAMPLERS = {"ddpm": "DDPM", "ddim": "DDIM"}
 
@@ -74,8 +73,6 @@ def a1111_routes(app: FastAPI, server: Any) -> None:
         if not await server.wait(job, request):
             return JSONResponse({"error": "client went away"}, status_code=499)
         if job.status == "failed":
-            from .api import error
-
             return error(job.error_status, job.error or "failed")
         # an interrupted job answers 200 with the images made before the interrupt, as A1111 does
         return JSONResponse(_response(body, req, label, job))
@@ -147,55 +144,39 @@ def _model(server: Any, title: str, field: str) -> str:
         raise FieldError(field, str(e), 404) from None
 
 
-def _plan(body: Any, server: Any, current: str, img2img: bool) -> tuple[str, EngineRequest]:
-    """The engine request for an A1111 body: the model from override_settings or the options."""
+A1111_NAMES = {"width": "width", "height": "height", "steps": "steps", "num_images": "batch_size"}
+
+
+def _plan(body: Any, server: Any, current: str, img2img: bool) -> tuple[str, Plan]:
+    """The engine plan for an A1111 body: the model from override_settings or the options."""
     chosen = (body.override_settings or {}).get("sd_model_checkpoint")
     label = _model(server, chosen, "override_settings.sd_model_checkpoint") if chosen else current
-    entry = server.engine.entry(label)
-    n = body.batch_size * body.n_iter
-    d = entry.defaults()
-    d |= {k: v for k, v in {"width": body.width, "height": body.height, "steps": body.steps,
-                            "guidance_scale": body.cfg_scale}.items() if v is not None}  # fmt: skip
-    server.limits.check(width=d["width"], height=d["height"], steps=d["steps"], num_images=n,
-                        fields=("width", "height", "steps", "batch_size"))  # fmt: skip
-    seed = body.seed if body.seed not in (None, -1) and body.seed >= 0 else secrets.randbelow(2**31)
-    if seed + n - 1 > MAX_SEED:
-        raise FieldError("seed", f"seeds {seed}..{seed + n - 1} pass the largest seed {MAX_SEED}")
     scheduler, notes = _sampler(body.sampler_name or body.sampler_index)
-    opts = GenerationOptions.from_dict(d | {"prompt": body.prompt, "negative_prompt": body.negative_prompt or None,
-                                            "model": label, "seed": seed, "num_images": n, "scheduler": scheduler})  # fmt: skip
-    if not img2img:
-        return label, _check_task(entry, EngineRequest("text_to_image", opts, notes=notes))
-    return label, _check_task(entry, _img2img(body, opts, notes, server.limits))
+    seed = body.seed if body.seed is not None and body.seed >= 0 else None
+    req = EngineRequest("generate", prompt=body.prompt, negative_prompt=body.negative_prompt or None, model=label,
+                  width=body.width, height=body.height, steps=body.steps, guidance_scale=body.cfg_scale, seed=seed,
+                  num_images=body.batch_size * body.n_iter, scheduler=scheduler, notes=notes, names=A1111_NAMES)  # fmt: skip
+    if img2img:  # unset sizes are the model's, not the input image's (A1111 clients send theirs)
+        d = server.engine.entry(label).defaults()
+        req.width, req.height = body.width or d["width"], body.height or d["height"]
+        _img2img(body, req, server.limits)
+    entry, p = server.engine.plan(req, server.limits)
+    return entry.label, p
 
 
-def _img2img(body: Img2ImgRequest, opts: GenerationOptions, notes: list[str], limits: Any) -> EngineRequest:
+def _img2img(body: Img2ImgRequest, req: EngineRequest, limits: Any) -> None:
     if not body.init_images:
         raise FieldError("init_images", "img2img needs an image in init_images (base64)")
     if len(body.init_images) > 1:
-        notes.append("kandi uses the first of init_images")
-    image = decode_image(body.init_images[0], "init_images[0]", limits)
-    strength = 0.75 if body.denoising_strength is None else body.denoising_strength  # A1111's default
-    extra = _edit(strength)
+        req.notes.append("kandi uses the first of init_images")
+    req.command, req.image = "img2img", Input(decode_image(body.init_images[0], "init_images[0]", limits))
+    req.strength = 0.75 if body.denoising_strength is None else body.denoising_strength  # A1111's default
     if body.mask is None:
-        return EngineRequest("image_to_image", opts, {"image": image, "strength": strength}, **_request_extra(extra),
-                             notes=notes)  # fmt: skip
-    mask = decode_mask(body.mask, "mask", limits, invert=bool(body.inpainting_mask_invert))
+        return
+    req.command = "inpaint"
+    req.mask = Input(decode_mask(body.mask, "mask", limits, invert=bool(body.inpainting_mask_invert)))
     # A1111 keeps the pixels outside the mask, blending the edge over mask_blur pixels
-    feather = 4 if body.mask_blur is None else body.mask_blur
-    kwargs = {"image": image, "mask": mask, "strength": strength, "paste_back": True, "feather": feather}
-    extra["extra"] |= {"paste_back": True, "feather": feather}
-    return EngineRequest("inpaint", opts, kwargs, **_request_extra(extra), notes=notes)
-
-
-def _request_extra(extra: dict[str, Any]) -> dict[str, Any]:
-    return {"strength": extra["strength"], "fields": extra["fields"]}
-
-
-def _check_task(entry: Any, req: EngineRequest) -> EngineRequest:
-    if req.task not in entry.tasks():
-        raise FieldError("model", f"{entry.label} cannot do {req.task.replace('_', ' ')}: choose a 2.x model")
-    return req
+    req.paste_back, req.feather = True, 4 if body.mask_blur is None else body.mask_blur
 
 
 def _sampler(name: str | None) -> tuple[str | None, list[str]]:
@@ -209,7 +190,7 @@ def _sampler(name: str | None) -> tuple[str | None, list[str]]:
     return None, [f"sampler {name!r} is not in kandi: the model's own scheduler was used"]
 
 
-def _response(body: Any, req: EngineRequest, label: str, job: Any) -> dict[str, Any]:
+def _response(body: Any, req: Plan, label: str, job: Any) -> dict[str, Any]:
     opts = req.opts
     seeds = [g.seed for g in job.images] or [opts.seed]
     infotexts = [g.parameters for g in job.images]

@@ -8,14 +8,12 @@ until they finish and are fetched by id.
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import binascii
 import json
 import logging
 import secrets
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -24,64 +22,20 @@ from fastapi.responses import JSONResponse, RedirectResponse, Response, Streamin
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from .. import __version__
-from .engine import Engine
-from .engine import Request as EngineRequest
+from ..engine import Engine, RequestError
+from ..engine.requests import SERVER_LIMITS
 from .inputs import FieldError, Limits, encode_png_base64
 from .jobs import FINISHED, Job, JobQueue, QueueFull
 from .schemas import BODIES, plan
+from .service import Server, error
 
 log = logging.getLogger("kandi.server")
-
-
-@dataclass
-class Server:
-    """What the routes share: the models, the queue and the limits."""
-
-    engine: Engine
-    queue: JobQueue
-    limits: Limits
-
-    def submit(self, label: str, req: EngineRequest, meta: dict[str, Any]) -> Job:
-        """A job running `req` on model `label`; QueueFull when the server is saturated."""
-
-        def work(job: Job) -> list:
-            def progress(step: Any) -> None:
-                job.step = step
-                job._publish()
-
-            return self.engine.run(label, req, progress, lambda: job.cancelled)
-
-        return self.queue.submit(
-            Job(work, {"model": label, **meta, **({"notes": req.notes} if req.notes else {})})
-        )
-
-    async def wait(self, job: Job, request: Request) -> bool:
-        """Wait for `job` to finish; if the client goes away first, cancel it and return False."""
-        q = job.watch()
-        loop = asyncio.get_running_loop()
-        check_at = loop.time() + 0.5
-        try:
-            while job.status not in FINISHED:
-                # progress events may come faster than 0.5 s: look at the connection on a clock, not on
-                # silence (asyncio.TimeoutError: a builtin TimeoutError only from Python 3.11)
-                try:
-                    await asyncio.wait_for(q.get(), timeout=max(check_at - loop.time(), 0))
-                except asyncio.TimeoutError:
-                    pass
-                if loop.time() >= check_at:
-                    check_at = loop.time() + 0.5
-                    if job.status not in FINISHED and await request.is_disconnected():
-                        self.queue.cancel(job)
-                        return False
-            return True
-        finally:
-            job.unwatch(q)
 
 
 def create_app(engine: Engine, workers: int = 1, max_waiting: int = 16, limits: Limits | None = None,
                api_key: str | None = None, ui: bool = True) -> FastAPI:  # fmt: skip
     """The whole server as an ASGI app (run it with uvicorn; tests call it in-process)."""
-    limits = limits or Limits()
+    limits = limits or Limits(**SERVER_LIMITS)
     server = Server(engine, JobQueue(workers, max_waiting), limits)
     app = FastAPI(title="kandi", version=__version__,
                   description="Kandinsky 2.1 / 2.2 / 3 image generation: a native API, an AUTOMATIC1111-"
@@ -104,13 +58,6 @@ def create_app(engine: Engine, workers: int = 1, max_waiting: int = 16, limits: 
 # ----------------------------------------------------------------------------------------------- errors
 
 
-def error(
-    status: int, message: str, field: str | None = None, headers: dict[str, str] | None = None
-) -> JSONResponse:
-    body: dict[str, Any] = {"message": message, **({"field": field} if field else {})}
-    return JSONResponse({"error": body}, status_code=status, headers=headers)
-
-
 def _errors(app: FastAPI) -> None:
     @app.exception_handler(RequestValidationError)
     async def invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -124,8 +71,8 @@ def _errors(app: FastAPI) -> None:
             msg = "unknown field (see /docs for the fields this endpoint takes)"
         return error(422, f"{field}: {msg}" if field else msg, field)
 
-    @app.exception_handler(FieldError)
-    async def bad_field(request: Request, exc: FieldError) -> JSONResponse:
+    @app.exception_handler(RequestError)
+    async def bad_field(request: Request, exc: RequestError) -> JSONResponse:
         return error(exc.status, str(exc), exc.field)
 
     @app.exception_handler(QueueFull)

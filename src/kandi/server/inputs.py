@@ -9,40 +9,18 @@ from __future__ import annotations
 import base64
 import binascii
 import io
-from dataclasses import dataclass
 from typing import Any
 
+from ..engine.requests import Limits, RequestError
 
-class FieldError(ValueError):
+__all__ = ["FieldError", "Limits", "decode_image", "decode_mask", "encode_png_base64"]
+
+
+class FieldError(RequestError):
     """A request field with a bad value: answered as `status` with the field's name in the JSON error."""
 
     def __init__(self, field: str, message: str, status: int = 400) -> None:
-        super().__init__(f"{field}: {message}")
-        self.field, self.message, self.status = field, message, status
-
-
-@dataclass(frozen=True)
-class Limits:
-    """Per-request limits (the `kandi serve` options of the same names)."""
-
-    max_side: int = 2048  # width and height, pixels
-    max_steps: int = 200
-    max_images: int = 8  # per request
-    max_upload_bytes: int = 16 * 2**20  # one decoded image upload
-    max_upload_pixels: int = 4096 * 4096  # one image upload, as its header declares
-
-    @property
-    def max_body_bytes(self) -> int:
-        # base64 grows bytes by 4/3; a request may carry an image, a mask and a few mix images
-        return 6 * (self.max_upload_bytes * 4 // 3) + 2**20
-
-    def check(self, *, width: int | None, height: int | None, steps: int | None, num_images: int,
-              fields: tuple[str, str, str, str] = ("width", "height", "steps", "num_images")) -> None:  # fmt: skip
-        """Raise FieldError naming the first value past a limit (`fields` are the request's own names)."""
-        for name, value, top in ((fields[0], width, self.max_side), (fields[1], height, self.max_side),
-                                 (fields[2], steps, self.max_steps), (fields[3], num_images, self.max_images)):  # fmt: skip
-            if value is not None and value > top:
-                raise FieldError(name, f"{value} is over this server's limit of {top}")
+        super().__init__(message, field, status)
 
 
 def decode_image(data: Any, field: str, limits: Limits) -> Any:

@@ -19,8 +19,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..engine import Cancelled, Step
+from ..engine import Image as Generated
 from ..errors import ModelNotFoundError
-from .engine import Cancelled, Generated, Step
 
 FINISHED = ("done", "failed", "cancelled")
 log = logging.getLogger("kandi.server")

@@ -7,15 +7,13 @@ Defaults are the model's own (a 2.2 request makes 512x512 in 50 steps at guidanc
 
 from __future__ import annotations
 
-import secrets
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from ..cli import MAX_SEED
-from ..cli_edit import _default_size as _size  # an input's size rounded to 64, as the CLI
-from ..configs import GenerationOptions
-from .engine import Engine, Request
+from ..engine import Engine, Input, Plan, Request
+from ..engine import MixItem as Ingredient
+from ..engine.requests import MAX_SEED, margins
 from .inputs import FieldError, Limits, decode_image, decode_mask
 
 TASKS = {  # URL name -> engine task
@@ -67,7 +65,9 @@ class Margins(BaseModel):
 class InpaintBody(_Body):
     image: str = Field(description="the image to repaint or extend, base64")
     mask: str | None = Field(None, description="white (or opaque) = repaint; or give `outpaint`")
-    outpaint: Margins | None = Field(None, description="extend the image by these margins (pixels)")
+    outpaint: Margins | list[int] | None = Field(
+        None, description="extend the image by these margins (pixels): {left, top, right, bottom} or [l, t, r, b]"
+    )
     strength: float = Field(1.0, ge=0, le=1)
     paste_back: bool = Field(False, description="keep the unmasked pixels exactly")
     feather: int | None = Field(None, ge=0, le=256, description="soft paste-back edge (outpaint default 8)")
@@ -101,106 +101,63 @@ BODIES: dict[str, type[_Body]] = {
 }
 
 
-def plan(name: str, body: _Body, engine: Engine, limits: Limits) -> tuple[str, Request]:
-    """(model label, Request) for a checked body of task `name`; FieldError names what is wrong."""
-    try:
-        entry = engine.entry(body.model)
-    except LookupError as e:
-        raise FieldError("model", str(e), 404) from None
-    task, kwargs, size, extra = _inputs(name, body, limits)
-    if task not in entry.tasks():
-        raise FieldError("model", f"{entry.label} cannot do {name}; it does: "
-                         f"{', '.join(k for k, v in TASKS.items() if v in entry.tasks())}")  # fmt: skip
-    d = entry.defaults()
-    if size is not None:
-        d["width"], d["height"] = size
-    given = body.model_dump(exclude_unset=True, exclude_none=True)
-    d |= {k: v for k, v in given.items() if k in GenerationOptions.__dataclass_fields__}
-    d.update(extra.pop("fixed", {}))
-    limits.check(width=d["width"], height=d["height"], steps=d["steps"], num_images=body.num_images)
-    seed = body.seed if body.seed not in (None, -1) else secrets.randbelow(2**31)
-    if seed + body.num_images - 1 > MAX_SEED:
-        raise FieldError(
-            "seed", f"seeds {seed}..{seed + body.num_images - 1} pass the largest seed {MAX_SEED}"
-        )
-    opts = GenerationOptions.from_dict(
-        d | {"model": entry.label, "seed": seed, "prompt": d.get("prompt", "")}
-    )
-    opts.extra = extra.pop("extra", {})
-    return entry.label, Request(task, opts, kwargs, **extra)
+def plan(name: str, body: _Body, engine: Engine, limits: Limits) -> tuple[str, Plan]:
+    """(model label, Plan) for a checked body of task `name`; FieldError names what is wrong."""
+    req = Request(TASK_COMMANDS[name], **{k: v for k, v in body.model_dump(exclude_none=True).items()
+                                          if k in _OPTIONS})  # fmt: skip
+    if req.seed == -1:
+        req.seed = None
+    _inputs(name, body, limits, req)
+    entry, p = engine.plan(req, limits)
+    return entry.label, p
 
 
-def _inputs(name: str, body: Any, limits: Limits) -> tuple[str, dict, tuple[int, int] | None, dict]:
-    """(engine task, task kwargs, default size, Request extras) with images decoded."""
-    if name == "txt2img":
-        return "text_to_image", {}, None, {}
-    if name == "img2img":
-        image = decode_image(body.image, "image", limits)
-        return (
-            "image_to_image",
-            {"image": image, "strength": body.strength},
-            _size(image),
-            _edit(body.strength),
-        )
+_OPTIONS = {"prompt", "negative_prompt", "model", "width", "height", "steps", "guidance_scale", "prior_steps",
+            "prior_guidance_scale", "seed", "num_images", "scheduler", "strength", "feather"}  # fmt: skip
+TASK_COMMANDS = {"txt2img": "generate", "img2img": "img2img", "inpaint": "inpaint", "mix": "mix",
+                 "controlnet": "controlnet"}  # fmt: skip
+
+
+def _inputs(name: str, body: Any, limits: Limits, req: Request) -> None:
+    """The body's images decoded into the request (the engine plans the rest, as for the CLI)."""
+    if name in ("img2img", "inpaint", "controlnet") and getattr(body, "image", None) is not None:
+        req.image = Input(decode_image(body.image, "image", limits))
+    if name == "controlnet":
+        req.hint = Input(decode_image(body.hint, "hint", limits))
     if name == "inpaint":
-        return _inpaint(body, limits)
+        if (body.mask is None) == (body.outpaint is None):
+            raise FieldError("mask", "give a mask (white = repaint) or outpaint margins, not both or neither")
+        if body.mask is not None:
+            req.mask = Input(decode_mask(body.mask, "mask", limits))
+            req.paste_back = body.paste_back
+        else:
+            _outpaint(body, req, limits)
     if name == "mix":
-        return _mix(body, limits)
-    hint = decode_image(body.hint, "hint", limits)
-    if body.image is None:
-        if body.strength is not None:
-            raise FieldError("strength", "strength needs an image to start from")
-        return "controlnet", {"hint": hint}, _size(hint), {}
-    strength = 0.3 if body.strength is None else body.strength
-    kwargs = {"hint": hint, "image": decode_image(body.image, "image", limits), "strength": strength}
-    return "controlnet", kwargs, _size(hint), _edit(strength)
+        req.items = _mix(body, limits)
+        req.prompt = None
 
 
-def _inpaint(body: InpaintBody, limits: Limits) -> tuple[str, dict, tuple[int, int] | None, dict]:
-    image = decode_image(body.image, "image", limits)
-    if (body.mask is None) == (body.outpaint is None):
-        raise FieldError("mask", "give a mask (white = repaint) or outpaint margins, not both or neither")
-    if body.mask is not None:
-        mask = decode_mask(body.mask, "mask", limits)
-        kwargs = {"image": image, "mask": mask, "strength": body.strength, "paste_back": body.paste_back,
-                  "feather": body.feather or 0}  # fmt: skip
-        extra = _edit(body.strength, {"paste_back": body.paste_back, "feather": body.feather or 0})
-        return "inpaint", kwargs, _size(image), extra
-    if body.width is not None or body.height is not None:
-        raise FieldError(
-            "width", "outpainting sets the size (the image plus the margins): leave out width/height"
-        )
-    m, (w, h) = body.outpaint, image.size
-    size = (m.left + w + m.right, m.top + h + m.bottom)
-    for field, v in zip(("outpaint.left+right", "outpaint.top+bottom"), size):
+def _outpaint(body: InpaintBody, req: Request, limits: Limits) -> None:
+    m = body.outpaint
+    if isinstance(m, list):
+        try:
+            m = Margins(**dict(zip(("left", "top", "right", "bottom"), margins(m))))
+        except ValueError as e:
+            raise FieldError("outpaint", str(e)) from None
+    req.outpaint = (m.left, m.top, m.right, m.bottom)
+    w, h = req.image.image.size
+    for field, v in zip(("outpaint.left+right", "outpaint.top+bottom"), (m.left + w + m.right, m.top + h + m.bottom)):
         if v > limits.max_side:
-            raise FieldError(
-                field, f"the canvas would be {v} pixels, over this server's limit of {limits.max_side}"
-            )
-    feather = 8 if body.feather is None else body.feather
-    kwargs = dict(image=image, left=m.left, top=m.top, right=m.right, bottom=m.bottom, strength=body.strength,
-                  feather=feather)  # fmt: skip
-    extra = _edit(body.strength, {"outpaint": [m.left, m.top, m.right, m.bottom], "feather": feather})
-    extra["fixed"] = {"width": size[0], "height": size[1]}
-    return "outpaint", kwargs, None, extra
+            raise FieldError(field, f"the canvas would be {v} pixels, over this server's limit of {limits.max_side}")
 
 
-def _mix(body: MixBody, limits: Limits) -> tuple[str, dict, None, dict]:
-    items, record = [], []
+def _mix(body: MixBody, limits: Limits) -> list[Ingredient]:
+    items = []
     for k, it in enumerate(body.items):
         if (it.text is None) == (it.image is None):
             raise FieldError(f"items[{k}]", "each item is a text or an image (base64), with a weight")
         if it.text is not None:
-            items.append(it.text)
-            record.append({"text": it.text, "weight": it.weight})
+            items.append(Ingredient("text", it.text, it.weight))
         else:
-            items.append(decode_image(it.image, f"items[{k}].image", limits))
-            record.append({"image": f"item{k + 1}", "weight": it.weight})
-    texts = [i for i in items if isinstance(i, str)]
-    extra = {"prior_runs": len(texts) + 1, "extra": {"mix": record}, "fixed": {"prompt": " | ".join(texts)}}
-    return "mix", {"items": items, "weights": [it.weight for it in body.items]}, None, extra
-
-
-def _edit(strength: float, more: dict[str, Any] | None = None) -> dict[str, Any]:
-    return {"strength": strength, "fields": {"Denoising strength": strength},
-            "extra": {"strength": strength, **(more or {})}}  # fmt: skip
+            items.append(Ingredient("image", Input(decode_image(it.image, f"items[{k}].image", limits)), it.weight))
+    return items

@@ -23,6 +23,7 @@ import gradio as gr
 from fastapi import FastAPI
 from pydantic import BaseModel, ValidationError
 
+from ..engine import RequestError
 from .inputs import FieldError
 from .jobs import FINISHED, Job, QueueFull
 from .schemas import BODIES, TASKS, plan
@@ -30,8 +31,8 @@ from .schemas import BODIES, TASKS, plan
 if TYPE_CHECKING:
     from PIL import Image
 
-    from .api import Server
-    from .engine import Entry
+    from ..engine import Entry
+    from .service import Server
 
 TABS = {"txt2img": "Text to image", "img2img": "Image to image", "inpaint": "Inpaint",
         "mix": "Mix", "controlnet": "ControlNet"}  # fmt: skip
@@ -104,8 +105,8 @@ def png_base64(image: Image.Image) -> str:
 
 def user_message(exc: Exception) -> str:
     """One sentence for the user, naming the field by its label in the UI."""
-    if isinstance(exc, FieldError):
-        return f"{_label(exc.field)}: {exc.message}"
+    if isinstance(exc, RequestError):
+        return f"{_label(exc.field)}: {exc.message}" if exc.field else exc.message
     if isinstance(exc, ValidationError):
         first = exc.errors()[0]
         where = "".join(f"[{x}]" if isinstance(x, int) else f".{x}" for x in first.get("loc", ())).lstrip(".")

@@ -14,7 +14,6 @@ A malformed line is an item with an `error`: it is reported, and the other items
 
 from __future__ import annotations
 
-import argparse
 import csv
 import hashlib
 import json
@@ -23,20 +22,22 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .cli import (
-    MAX_SEED,
+from ..engine import Limits, UsageError
+from ..engine import Request as EngineRequest
+from ..engine.models import choose_model
+from ..engine.plan import plan as plan_request
+from ..engine.requests import (
+    COMMAND_ROLES,
     OTHER_IMAGE_SUFFIXES,
-    Task,
-    UsageError,
-    _choose_model,
-    _options,
+    check_seeds,
     finite_float,
+    margins,
     pixels_int,
     positive_int,
+    request_from_fields,
     seed_int,
     unit_float,
 )
-from .cli_edit import margins
 
 COMMANDS = ("generate", "img2img", "inpaint", "mix", "controlnet")
 TASKS = {  # what a job's `task` may say -> the kandi command that does it
@@ -46,7 +47,7 @@ TASKS = {  # what a job's `task` may say -> the kandi command that does it
     "mix": "mix",
     **dict.fromkeys(("controlnet", "depth"), "controlnet"),
 }
-ROLES = {"inpaint": "inpaint", "controlnet": "controlnet"}  # which decoder a command needs
+ROLES = COMMAND_ROLES  # which decoder a command needs
 INPUTS = ("image", "mask", "hint")  # fields naming an input file
 COMMAND_FIELDS = {  # each command's own arguments (argparse names), besides the options all share
     "generate": (),
@@ -87,10 +88,7 @@ def _typed(parse: Callable[[str], Any]) -> Callable[[Any], Any]:
     def read(value: Any) -> Any:
         if isinstance(value, bool) or not isinstance(value, str | int | float):
             raise ValueError(f"expected a number, got {json.dumps(value)}")
-        try:
-            return parse(str(value).strip())
-        except argparse.ArgumentTypeError as e:
-            raise ValueError(str(e)) from None
+        return parse(str(value).strip())
 
     return read
 
@@ -102,14 +100,6 @@ def _flag(value: Any) -> bool:
     if str(value).strip().lower() in words:
         return words[str(value).strip().lower()]
     raise ValueError(f"expected true or false, got {json.dumps(value)}")
-
-
-def _margins(value: Any) -> tuple[int, int, int, int]:
-    text = ",".join(map(str, value)) if isinstance(value, list) else str(value)
-    try:
-        return margins(text)
-    except argparse.ArgumentTypeError as e:
-        raise ValueError(str(e)) from None
 
 
 def _scheduler(value: Any) -> str:
@@ -151,7 +141,7 @@ FIELDS: dict[str, Callable[[Any], Any]] = {
     "strength": _typed(unit_float),
     "paste_back": _flag,
     "feather": _typed(pixels_int),
-    "outpaint": _margins,
+    "outpaint": margins,
     "items": _items,
     "output": _text,
 }
@@ -199,7 +189,14 @@ def read_job(path: Path) -> list[Item]:
     suffix = path.suffix.lower()
     if suffix == ".json":
         raise UsageError(f"{path}: write one JSON object a line in a .jsonl file (a .json job is not read)")
-    text = path.read_text(encoding="utf-8-sig")
+    if suffix in {".png", *OTHER_IMAGE_SUFFIXES}:
+        raise UsageError(f"{path} is an image, not a job file (a text file with one prompt a line, or a .jsonl "
+                         "or .csv file with one request a line)")  # fmt: skip
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError:
+        raise UsageError(f"{path} is not a text file: a job file holds one prompt a line (UTF-8), or one "
+                         "JSON / CSV request a line") from None  # fmt: skip
     if suffix in (".jsonl", ".ndjson"):
         rows = _jsonl_rows(text)
     elif suffix in (".csv", ".tsv"):
@@ -279,16 +276,18 @@ def derive_seed(job_seed: int, index: int) -> int:
     return int.from_bytes(digest[:4], "big")
 
 
-def plan(items: list[Item], defaults: dict[str, Any], job_dir: Path, job_seed: int) -> list[Request]:
-    """Every item as a Request; a bad one gets its `error` (the first claim on an output name wins)."""
+def plan(items: list[Item], defaults: dict[str, Any], job_dir: Path, job_seed: int,
+         limits: Limits | None = None) -> list[Request]:  # fmt: skip
+    """Every item as a Request, planned by the engine as its kandi command would be (so a bad value or
+    input file is the item's `error` before any model work); the first claim on an output name wins."""
     requests, owners = [], {}
     for item in items:
         req = Request(item.index, item.line, error=item.error)
         if req.error is None:
             try:
-                _plan_one(req, item.fields, defaults, job_dir, job_seed)
+                _plan_one(req, item.fields, defaults, job_dir, job_seed, limits or Limits())
                 req.error = _claim(req, owners)
-            except (UsageError, ValueError, OSError) as e:
+            except (ValueError, OSError) as e:
                 req.error = one_line(e)
         if req.error is not None:
             req.id = f"{req.index}-invalid"  # recorded as failed; never skipped on a rerun
@@ -312,7 +311,7 @@ def one_line(e: BaseException) -> str:
 
 
 def _plan_one(req: Request, fields: dict[str, Any], defaults: dict[str, Any], job_dir: Path,
-              job_seed: int) -> None:  # fmt: skip
+              job_seed: int, limits: Limits) -> None:  # fmt: skip
     req.command = _command(fields)
     own = set(COMMAND_FIELDS[req.command])
     stray = [f for f in fields if f in FIELDS and f not in (*OPTIONS, *own, "task", "output")]
@@ -331,14 +330,12 @@ def _plan_one(req: Request, fields: dict[str, Any], defaults: dict[str, Any], jo
     if args["seed"] in (None, -1):
         args["seed"] = derive_seed(job_seed, req.index)
     args["num_images"] = args["num_images"] or 1
-    if args["seed"] + args["num_images"] - 1 > MAX_SEED:
-        raise ValueError(
-            f"seeds {args['seed']} to {args['seed'] + args['num_images'] - 1} pass the largest seed {MAX_SEED}"
-        )
+    check_seeds(args["seed"], args["num_images"])
     req.args, req.names = args, output_names(output, req.index, args["num_images"])
-    model = _choose_model(args["model"], args["prior"], None, ROLES.get(req.command, "decoder"))
+    planned = plan_request(engine_request(req), limits)  # every value and input checked now
+    model = choose_model(args["model"], args["prior"], None, ROLES.get(req.command, "decoder"))
     req.model = (model.decoder, model.prior)
-    req.group = _group(req, model)
+    req.group = _group(req, planned.opts)
     req.id = f"{req.index}-{_digest(req)}"
 
 
@@ -396,19 +393,17 @@ def output_names(output: str | None, index: int, n: int) -> list[str]:
     return [f"{stem}.png"] if n == 1 else [f"{stem}_{k}.png" for k in range(n)]
 
 
-def _group(req: Request, model: Any) -> tuple:
+def _group(req: Request, opts: Any) -> tuple:
     """Text-to-image items batch with others of the same size, steps, guidance and scheduler; any other
     item runs alone (its inputs set its size)."""
     if req.command != "generate":
         return ("alone", req.index)
-    opts = _options(namespace(req), model, None, Task("text_to_image"))
     return ("generate", opts.width, opts.height, opts.steps, opts.guidance_scale, opts.scheduler)
 
 
-def namespace(req: Request) -> argparse.Namespace:
-    """The item as the parsed command line of its kandi command (every command's own arguments unset)."""
-    unset = dict.fromkeys(name for names in COMMAND_FIELDS.values() for name in names)
-    return argparse.Namespace(**{**unset, **req.args, "command": req.command, "from_png": None})
+def engine_request(req: Request) -> EngineRequest:
+    """The item as an engine Request, as its kandi command would make it from the same arguments."""
+    return request_from_fields(req.command, req.args)
 
 
 def _digest(req: Request) -> str:

@@ -16,10 +16,10 @@ from collections import deque
 from dataclasses import dataclass, replace
 from typing import Any
 
-from .batch import Driver, Outcome, Runtime, Worker, chunks
-from .batch_job import Request
-from .cli import UsageError
-from .errors import KandiError
+from ..engine import UsageError
+from ..errors import KandiError
+from .job import Request
+from .runner import Driver, Outcome, Runtime, Worker, chunks
 
 IN_FLIGHT = 2  # chunks queued on each actor, so it never waits while the driver writes
 TRIES = 3  # runs of a chunk lost to dead workers before its items fail (Ray's own restarts not counted)

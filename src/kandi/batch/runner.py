@@ -15,7 +15,6 @@ as an uninterrupted one and makes the same pixels.
 
 from __future__ import annotations
 
-import gc
 import json
 import os
 import re
@@ -23,16 +22,15 @@ import secrets
 import sys
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from . import __version__, cli_edit
-from .batch_job import ROLES, Request, namespace, one_line
-from .cli import Task, _choose_model, _load, _options, _runtime, image_info
-from .configs import GenerationOptions
-from .errors import KandiError
-from .pngmeta import describe, png_bytes
+from ..configs import DEFAULT_MODEL
+from ..engine import Engine, Image, Plan
+from ..engine.run import run_batch
+from ..errors import KandiError
+from .job import ROLES, Request, engine_request, one_line
 
 MANIFEST = "manifest.jsonl"
 TEMPORARY = re.compile(r"^\..+\.[0-9a-f]{8}\.tmp$")  # what `_write_atomic` (and write_png) leave if killed
@@ -164,118 +162,73 @@ Step = Callable[[Any], None]  # receives each Progress event
 
 
 class Worker:
-    """Makes chunks of requests, each model loaded once (the last one used stays loaded)."""
+    """Makes chunks of requests on an engine that holds one model at a time (the last one used)."""
 
     def __init__(self, runtime: Runtime, threads: int | None = None, show_downloads: bool = False) -> None:
         if threads:
             import torch
 
             torch.set_num_threads(threads)
-        self.runtime, self.show_downloads = runtime, show_downloads
-        self._loaded: tuple[tuple[str, str | None], Any, Any] | None = None
+        self.runtime = runtime
+        self.engine = Engine([], runtime.device, runtime.dtype, runtime.variant, runtime.offline, keep=1,
+                             downloads=show_downloads)  # fmt: skip
         self._broken: dict[tuple[str, str | None], str] = {}  # models that failed to load: not tried again
 
     def run(self, chunk: list[Request], step: Step | None = None) -> list[Outcome]:
         """Outcomes of the chunk's requests (those not to be written come back without images)."""
-        from .pipelines.k22_tasks import K22Models
+        from ..pipelines.k22_tasks import K22Models
 
         try:
-            model, models = self._models(chunk[0])
+            label, models = self._models(chunk[0])
         except Exception as e:  # noqa: BLE001 (a model that cannot load fails its items, not the job)
             self._broken[chunk[0].model] = _describe(e)
             return [Outcome(r.id, error=self._broken[chunk[0].model]) for r in chunk]
         if len(chunk) > 1 and isinstance(models, K22Models) and all(r.command == "generate" for r in chunk):
             try:
-                return self._batched(chunk, model, models, step)
+                return self._batched(chunk, step)
             except Exception:  # noqa: BLE001 (one bad item should not fail its batch: each alone says which)
                 pass
-        return [self._single(r, model, models, step) for r in chunk]
+        return [self._single(r, step) for r in chunk]
 
-    def _models(self, req: Request) -> tuple[Any, Any]:
+    def _models(self, req: Request) -> tuple[str, Any]:
         if req.model in self._broken:
             raise KandiError(self._broken[req.model])
-        if self._loaded is None or self._loaded[0] != req.model:
-            self._loaded = None
-            gc.collect()  # the previous model's memory back before the next one loads
-            _empty_cache()
-            device, dtype = _runtime(self.runtime.device, self.runtime.dtype, None)
-            model = _choose_model(
-                req.args["model"], req.args["prior"], None, ROLES.get(req.command, "decoder")
-            )
-            loaded = _load(
-                model, device, dtype, self.runtime.variant, self.runtime.offline, self.show_downloads
-            )
-            self._loaded = (req.model, *loaded)
-        return self._loaded[1], self._loaded[2]
+        entry = self.engine.add(req.args.get("model") or DEFAULT_MODEL, req.args.get("prior"))
+        return entry.label, self.engine.models(entry.label, ROLES.get(req.command, "decoder"))[1]
 
-    def _single(self, req: Request, model: Any, models: Any, step: Step | None) -> Outcome:
+    def _plan(self, req: Request) -> tuple[Any, Plan]:
+        """The item's Plan (input files opened), exactly as its kandi command makes it."""
+        return self.engine.plan(engine_request(req))
+
+    def _single(self, req: Request, step: Step | None) -> Outcome:
         try:
-            task, opts = _prepare(req, model)
-            images = _one_at_a_time(models, opts, task, step)
-            return self._outcome(req, task, opts, model, models, images, 1)
+            entry, p = self._plan(req)
+            images = list(self.engine.run(entry.label, p, step, info=_batch_info(req, 1)))
+            return self._outcome(req, images)
         except Exception as e:  # noqa: BLE001 (recorded in the manifest; the job goes on)
             return Outcome(req.id, error=_describe(e))
 
-    def _batched(self, chunk: list[Request], model: Any, models: Any, step: Step | None) -> list[Outcome]:
-        from .pipelines.k22_batch import text_to_image_batch
-        from .pipelines.k22_tasks import Result
+    def _batched(self, chunk: list[Request], step: Step | None) -> list[Outcome]:
+        planned = [self._plan(r) for r in chunk]
+        label = planned[0][0].label
+        model, models = self.engine.models(label, "decoder")
+        for _, p in planned:
+            p.model = model
+        infos = [_batch_info(r, len(chunk)) for r in chunk]
+        made = run_batch(models, [p for _, p in planned], self.runtime.variant, step, infos)
+        return [self._outcome(req, images) for req, images in zip(chunk, made)]
 
-        prepared = [_prepare(r, model) for r in chunk]
-        for event in text_to_image_batch(models, [opts for _, opts in prepared]):
-            if isinstance(event, Result):
-                images = event.images
-            elif step is not None:
-                step(event)
-        outcomes = []
-        for req, (task, opts) in zip(chunk, prepared):
-            mine, images = images[: opts.num_images], images[opts.num_images :]
-            outcomes.append(self._outcome(req, task, opts, model, models, mine, len(chunk)))
-        return outcomes
-
-    def _outcome(self, req: Request, task: Task, opts: GenerationOptions, model: Any, models: Any, images: list,
-                 batch: int) -> Outcome:  # fmt: skip
-        """The item's PNGs with the metadata `kandi COMMAND` writes (so --from-png works), and the size of
-        the decoder batch it was made in."""
+    @staticmethod
+    def _outcome(req: Request, images: list[Image]) -> Outcome:
+        """The item's PNGs, with the metadata `kandi COMMAND` writes (so --from-png works)."""
         if not req.write:
             return Outcome(req.id)
-        unet = models.unet
-        info = image_info(req.command, model, models, opts.scheduler, self.runtime.variant, unet.device, unet.dtype,
-                          task.inputs) | {"batch": {"index": req.index, "size": batch}}  # fmt: skip
-        files = []
-        for k, (name, image) in enumerate(zip(req.names, images)):
-            one = replace(opts, seed=opts.seed + k, num_images=1)
-            text, data = describe(one.to_dict(), info, image.size, __version__, task.fields)
-            files.append((name, png_bytes(image, text, data), one.seed))
-        return Outcome(req.id, files)
+        return Outcome(req.id, [(name, im.png, im.seed) for name, im in zip(req.names, images)])
 
 
-def _one_at_a_time(models: Any, opts: GenerationOptions, task: Task, step: Step | None) -> list[Any]:
-    """The item's images, one seed at a time, as `kandi COMMAND` makes them; progress events to `step`."""
-    from .pipelines.tasks import Made, each_image
-
-    images = []
-    for event in each_image(models, opts, task.name, **task.kwargs):
-        if isinstance(event, Made):
-            images.append(event.image)
-        elif step is not None:
-            step(event)
-    return images
-
-
-PLANNERS = {  # each command's own checks and input files, as on the command line
-    "generate": lambda args, recorded: Task("text_to_image"),
-    "img2img": cli_edit._plan_img2img,
-    "inpaint": cli_edit._plan_inpaint,
-    "mix": cli_edit._plan_mix,
-    "controlnet": cli_edit._plan_controlnet,
-}
-
-
-def _prepare(req: Request, model: Any) -> tuple[Task, GenerationOptions]:
-    """The item's Task (input files opened) and GenerationOptions, exactly as its kandi command builds them."""
-    args = namespace(req)
-    task = PLANNERS[req.command](args, None)
-    return task, _options(args, model, None, task)
+def _batch_info(req: Request, size: int) -> dict[str, Any]:
+    """What the kandi chunk adds for a batch item: its index and the decoder batch it was made in."""
+    return {"batch": {"index": req.index, "size": size}}
 
 
 def _describe(e: BaseException) -> str:
@@ -283,13 +236,6 @@ def _describe(e: BaseException) -> str:
     text = one_line(e)
     expected = isinstance(e, KandiError | ValueError | TypeError | OSError)
     return text if expected else f"{type(e).__name__}: {text}"
-
-
-def _empty_cache() -> None:
-    import torch
-
-    if torch.cuda.is_available():
-        torch.cuda.empty_cache()
 
 
 # ------------------------------------------------------------------------------------------ the driver

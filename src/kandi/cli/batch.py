@@ -15,15 +15,19 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from .cli import (
+from ..configs import DEFAULT_MODEL, REGISTRY
+from ..engine.models import choose_model
+from ..engine.models import runtime as runtime_of
+from .common import (
     Command,
     UsageError,
+    add_limit_args,
     dtype_name,
     finite_float,
+    limits_of,
     positive_int,
     seed_int,
 )
-from .configs import DEFAULT_MODEL, REGISTRY
 
 BATCH_EXAMPLES = """examples:
   kandi batch prompts.txt -s 42                  # one prompt a line -> outputs/image_0.png, image_1.png, ...
@@ -79,15 +83,19 @@ def add_batch_args(p: argparse.ArgumentParser) -> None:
     r.add_argument("--variant", help="weights variant to load, e.g. fp16")
     r.add_argument("--offline", action="store_true", help="use only the local Hugging Face cache")
     r.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    add_limit_args(p.add_argument_group("limits, checked for every item before any work"))
 
 
 def batch(args: argparse.Namespace) -> int:
     """Run a job file's requests; see the module docstring for the exit status."""
-    from .batch import OutputFolder
+    from ..batch.runner import OutputFolder
 
     if args.workers is not None and args.ray is None:
         raise UsageError("--workers is the number of Ray workers: add --ray")
     items = _read(Path(args.job).expanduser())
+    if args.model is not None:  # the job's default model: a wrong one is one error, before any work
+        choose_model(args.model, args.prior)
+    runtime_of(args.device, args.dtype, None)
     output = OutputFolder(Path(args.output).expanduser())
     try:
         summary = _run(args, items, output)
@@ -98,8 +106,10 @@ def batch(args: argparse.Namespace) -> int:
 
 
 def _read(job: Path) -> list[Any]:
-    from .batch_job import read_job
+    from ..batch.job import read_job
 
+    if job.is_dir():
+        raise UsageError(f"{job} is a folder: give a job file (one prompt a line, or a .jsonl / .csv file)")
     if not job.is_file():
         raise UsageError(f"no such job file: {job}")
     items = read_job(job)
@@ -109,12 +119,12 @@ def _read(job: Path) -> list[Any]:
 
 
 def _run(args: argparse.Namespace, items: list[Any], output: Any) -> Any:
-    from .batch import Driver, Runtime, run_local
-    from .batch_job import plan
+    from ..batch.job import plan
+    from ..batch.runner import Driver, Runtime, run_local
 
     job_seed = _job_seed(args.seed, output)
     defaults = {k: getattr(args, k) for k in DEFAULT_FIELDS if getattr(args, k) is not None}
-    requests = plan(items, defaults, Path(args.job).expanduser().parent.absolute(), job_seed)
+    requests = plan(items, defaults, Path(args.job).expanduser().parent.absolute(), job_seed, limits_of(args))
     runtime = Runtime(args.device, args.dtype, args.variant, args.offline, args.batch_size or 0)
     show = not args.quiet and sys.stderr.isatty()
     driver = Driver(output, requests, job_seed, show)
@@ -123,7 +133,7 @@ def _run(args: argparse.Namespace, items: list[Any], output: Any) -> Any:
         if args.ray is None:
             run_local(driver, requests, _local(runtime), show)
         else:
-            from .batch_ray import run_on_ray
+            from ..batch.ray_runner import run_on_ray
 
             run_on_ray(driver, requests, runtime, args.ray or None, args.workers)
     except KeyboardInterrupt:
@@ -150,9 +160,7 @@ def _local(runtime: Any) -> Any:
     """The runtime on this machine: the device checked now (before any work), the batch size set."""
     from dataclasses import replace
 
-    from .cli import _runtime
-
-    device, dtype = _runtime(runtime.device, runtime.dtype, None)
+    device, dtype = runtime_of(runtime.device, runtime.dtype, None)
     batch_size = runtime.batch_size or (4 if device.type == "cuda" else 1)
     return replace(
         runtime, device=str(device), dtype=str(dtype).removeprefix("torch."), batch_size=batch_size

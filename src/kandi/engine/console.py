@@ -11,7 +11,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from .errors import KandiWarning
+from ..errors import KandiWarning
 
 NOISY_LOGGERS = ("transformers", "diffusers", "huggingface_hub", "torch", "accelerate", "PIL")
 QUIET_ENV = {
@@ -23,7 +23,7 @@ QUIET_ENV = {
 
 
 @contextmanager
-def _quiet_third_party() -> Iterator[None]:
+def quiet_third_party() -> Iterator[None]:
     """Libraries' info, warnings and deprecation notes off; kandi's own warnings as `warning: ...` lines.
 
     Set for the run of one command and undone after, so calling `main` in-process leaves no trace.
@@ -73,7 +73,7 @@ def _show_warning(message: Warning | str, category: type[Warning], *args: Any, *
 
 
 @contextmanager
-def _progress_bars(downloads: bool, transformers: bool = True) -> Iterator[None]:
+def progress_bars(downloads: bool, transformers: bool = True) -> Iterator[None]:
     """Hub download bars only if `downloads` (a terminal, no --quiet); no "Loading weights" bar per model.
 
     transformers draws that bar for every model it loads, which says nothing to a user; undone after.

@@ -5,9 +5,10 @@ from __future__ import annotations
 import argparse
 import ipaddress
 import os
+import socket
 import sys
 
-from .cli import Command, dtype_name, positive_int
+from .common import Command, UsageError, dtype_name, positive_int
 
 SERVE_EXAMPLES = """examples:
   kandi serve                                   # kandinsky-2.2 on http://127.0.0.1:7860 (UI at /ui)
@@ -46,27 +47,59 @@ def add_serve_args(p: argparse.ArgumentParser) -> None:
 
 
 def serve(args: argparse.Namespace) -> int:
-    """Load the models, then serve until interrupted."""
-    from .server.api import create_app
-    from .server.engine import Engine
-    from .server.inputs import Limits
+    """Claim the port, load the models, then serve until interrupted."""
+    _check_extra(ui=not args.no_ui)
+    import uvicorn
 
-    try:
-        import uvicorn
-    except ImportError:
-        raise ValueError("kandi serve needs the server extra: pip install 'kandi[serve]'") from None
+    from ..engine import Engine
+    from ..server.api import create_app
+    from ..server.inputs import Limits
+
     _warn_if_exposed(args.host, args.api_key)
     limits = Limits(max_side=args.max_size, max_steps=args.max_steps, max_images=args.max_images,
                     max_upload_bytes=args.max_upload_mb * 2**20)  # fmt: skip
+    sock = claim_port(args.host, args.port)  # before the models load: a busy port fails in a second
     print(f"kandi: loading {', '.join(args.model or ['kandinsky-2.2'])}...", file=sys.stderr, flush=True)
-    engine = Engine(args.model or [], args.device, args.dtype, args.variant, args.offline, args.prior).load()
+    engine = Engine(args.model or None, args.device, args.dtype, args.variant, args.offline, args.prior).load()
     app = create_app(engine, args.workers, args.queue, limits, args.api_key, ui=not args.no_ui)
     shown = f"[{args.host}]" if ":" in args.host else args.host
     print(
         f"kandi: serving on http://{shown}:{args.port}  (UI /ui, API docs /docs)", file=sys.stderr, flush=True
     )
-    uvicorn.run(app, host=args.host, port=args.port, log_level="warning", timeout_graceful_shutdown=5)
+    config = uvicorn.Config(app, log_level="warning", timeout_graceful_shutdown=5)
+    uvicorn.Server(config).run(sockets=[sock])
     return 0
+
+
+def _check_extra(ui: bool) -> None:
+    """The server's packages, said in one line when missing (not a traceback from the first import)."""
+    import importlib.util
+
+    needed = ["fastapi", "uvicorn", *(["gradio"] if ui else [])]
+    missing = [m for m in needed if importlib.util.find_spec(m) is None]
+    if missing:
+        raise UsageError(f"kandi serve needs the serve extra ({', '.join(missing)} missing): "
+                         "pip install 'kandi[serve]'")  # fmt: skip
+
+
+def claim_port(host: str, port: int) -> socket.socket:
+    """A listening socket on host:port, or a one-line error when the port is taken or the host unknown."""
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except socket.gaierror as e:
+        raise UsageError(f"--host {host}: not an address of this machine ({e.strerror})") from None
+    family, _, _, _, addr = infos[0]
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # a port in TIME_WAIT is free; a bound one not
+    try:
+        sock.bind(addr)
+        sock.listen(2048)
+    except OSError as e:
+        sock.close()
+        raise UsageError(f"cannot listen on {host}:{port}: {e.strerror or e} (is another kandi serve "
+                         "running there? choose another --port)") from None  # fmt: skip
+    sock.set_inheritable(True)
+    return sock
 
 
 def _warn_if_exposed(host: str, api_key: str | None) -> None:
