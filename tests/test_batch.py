@@ -280,7 +280,7 @@ def test_malformed_lines_and_failing_items_are_recorded_and_the_job_goes_on(k22_
     assert errors[1].startswith("not JSON")
     assert "unknown field 'stpes'" in errors[2]
     assert errors[3] == "steps: expected a positive integer, got '0'"
-    assert "missing.png" in errors[4] and "No such file" in errors[4]
+    assert "missing.png" in errors[4] and "image file not found" in errors[4]
     assert "needs a ControlNet decoder" in errors[5]
     assert errors[6] == "expected a JSON object {...}"
     assert errors[7] == "output image_0.png is taken by item 0 (line 1)"

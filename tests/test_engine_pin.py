@@ -84,8 +84,8 @@ def cli_pngs(folder: Path) -> dict[str, bytes]:
 def server_pngs(folder: Path) -> dict[str, bytes]:
     from fastapi.testclient import TestClient
 
-    from kandi.server.api import create_app
     from kandi.engine import Engine
+    from kandi.server.api import create_app
 
     def b64(path: Path) -> str:
         return base64.b64encode(path.read_bytes()).decode()

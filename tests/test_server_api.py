@@ -19,8 +19,8 @@ from PIL import Image
 from test_cli import pixels, run
 
 from kandi import pngmeta
-from kandi.server.api import create_app
 from kandi.engine import Engine
+from kandi.server.api import create_app
 from kandi.server.inputs import Limits
 
 SMALL = {"width": 32, "height": 32, "steps": 3, "prior_steps": 2}

@@ -201,8 +201,8 @@ def test_prompts_encode_the_same_from_concurrent_workers(k22_repos: dict[str, Pa
 
     import torch
 
-    from kandi.pipelines.k22 import encode_prior_text
     from kandi.engine import Engine
+    from kandi.pipelines.k22 import encode_prior_text
 
     engine = Engine([str(k22_repos["decoder"])], "cpu", None, None, True, str(k22_repos["prior"])).load()
     _, m = engine.models(engine.default, "decoder")

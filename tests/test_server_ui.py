@@ -13,8 +13,8 @@ from fastapi.testclient import TestClient
 from PIL import Image
 from pydantic import ValidationError
 
-from kandi.server.api import Server, create_app
 from kandi.engine import Engine
+from kandi.server.api import Server, create_app
 from kandi.server.inputs import FieldError, Limits, decode_mask
 from kandi.server.jobs import JobQueue
 from kandi.server.schemas import InpaintBody, MixBody, Txt2ImgBody

@@ -158,6 +158,29 @@ def limits_of(args: argparse.Namespace, **more: Any) -> Limits:
                   max_prompt=args.max_prompt, **more)  # fmt: skip
 
 
+CLI_PHRASES = {  # how the engine's messages name things on the command line
+    "prompt": "a PROMPT",
+    "image": "an IMAGE",
+    "mask": "--mask MASK or --outpaint LEFT,TOP,RIGHT,BOTTOM",
+    "hint": "a HINT",
+    "file:image": "IMAGE",
+    "file:mask": "MASK",
+    "file:hint": "HINT",
+    "file:init": "INIT",
+    "feather": "--feather blends the pasted-back pixels: add --paste-back",
+    "outpaint size": "--outpaint sets the size (IMAGE plus the margins): leave out -W/-H",
+    "outpaint paste": "--outpaint always keeps the original pixels: leave out --no-paste-back",
+    "strength": "--strength needs --image INIT (the image to start from)",
+    "mix": "mix needs ITEM WEIGHT pairs",
+    "from-png": " (or --from-png FILE)",
+    "width": "-W/--width",
+    "height": "-H/--height",
+    "steps": "--steps",
+    "prior_steps": "--prior-steps",
+    "num_images": "--num-images",
+}
+
+
 def generate(args: argparse.Namespace) -> int:
     """Text to image."""
     return run_task(args)
@@ -167,6 +190,7 @@ def run_task(args: argparse.Namespace) -> int:
     """Every drawing command: check everything, load the models, then write each image as soon as it is made."""
     recorded = _recorded(args.from_png, args.command)
     req = request_from_fields(args.command, vars(args), recorded, args.from_png)
+    req.names = CLI_PHRASES
     p = plan(req, limits_of(args))
     seeds = [p.opts.seed + i for i in range(p.opts.num_images)]
     targets = _output_targets(args.output, seeds)
@@ -228,7 +252,7 @@ class _Bars:
     """One tqdm bar per image on a terminal (closed as each image is done); nothing otherwise."""
 
     def __init__(self, show: bool, total: int) -> None:
-        self.show, self.total, self.bar = show, total, None
+        self.show, self.total, self.bar, self.stage = show, total, None, None
 
     def step(self, s: Step) -> None:
         if not self.show:
@@ -238,13 +262,15 @@ class _Bars:
 
             self.bar = tqdm(desc=f"image {s.image + 1}/{s.num_images}", total=self.total, unit="step",
                             file=sys.stderr, leave=False, dynamic_ncols=True)  # fmt: skip
-        self.bar.set_postfix_str(s.stage, refresh=False)
+        # a new stage (prior, decoder) is drawn at once; steps within one at tqdm's own pace
+        self.bar.set_postfix_str(s.stage, refresh=s.stage != self.stage)
+        self.stage = s.stage
         self.bar.update()
 
     def close(self) -> None:
         if self.bar is not None:
             self.bar.close()
-            self.bar = None
+            self.bar, self.stage = None, None
 
     def __enter__(self) -> _Bars:
         return self

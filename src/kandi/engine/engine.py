@@ -126,7 +126,7 @@ class Engine:
             base = entry.loaded.get("decoder")
             return choose_model(entry.name, (base[0].prior if base else None) or entry.prior, None, role)
 
-        p = plan(req, limits or self.limits, choose, lambda m: entry.family)
+        p = plan(req, limits or self.limits, choose, entry.family, entry.label)
         p.opts.model = entry.label
         return entry, p
 

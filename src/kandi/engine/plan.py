@@ -19,6 +19,7 @@ from .models import ModelChoice, choose_model, defaults
 from .requests import (
     COMMAND_ROLES,
     NUMBERS,
+    PHRASES,
     TASKS,
     Input,
     Limits,
@@ -79,21 +80,27 @@ Chooser = Callable[[str | None, str | None, dict[str, Any] | None, str], ModelCh
 
 
 def plan(req: Request, limits: Limits | None = None, choose: Chooser = choose_model,
-         family: Callable[[ModelChoice], str | None] | None = None) -> Plan:  # fmt: skip
+         family: str | None = None, label: str | None = None) -> Plan:  # fmt: skip
     """The request's Plan. `choose(name, prior, recorded, role)` picks the model (the server's picks among
-    the models it loaded); `family(model)` says what a model is when its spec cannot (a folder)."""
+    the models it loaded); `family` and `label` say what that model is when known before choosing."""
     limits = limits or Limits()
     if req.command not in COMMAND_ROLES:
         raise UsageError(f"unknown command {req.command!r} (one of {', '.join(COMMAND_ROLES)})")
     task = PLANNERS[req.command](req)
+    _check_family(family, label, task.name)
     model = choose(req.model, req.prior, req.recorded, TASKS[task.name].role)
-    fam = (family(model) if family else None) or (model.spec.family if model.spec else None)
-    if fam is not None and fam not in TASKS[task.name].families:
-        can = sorted({TASKS[t].api for t in TASKS if fam in TASKS[t].families})
-        raise RequestError(f"{model.label} cannot do {TASKS[task.name].api}; it does: {', '.join(can)}", "model")
+    fam = family or (model.spec.family if model.spec else None)
+    _check_family(fam, model.label, task.name)
     opts = _options(req, model, task, fam, limits)
     return Plan(task.name, opts, model, task.kwargs, task.inputs, task.fields, task.prior_runs, task.strength,
                 list(req.notes))  # fmt: skip
+
+
+def _check_family(fam: str | None, label: str | None, task: str) -> None:
+    if fam is not None and fam not in TASKS[task].families:
+        can = [row.api for row in TASKS.values() if fam in row.families]
+        can = list(dict.fromkeys(can))
+        raise RequestError(f"{label} cannot do {TASKS[task].api}; it does: {', '.join(can)}", "model")
 
 
 def _options(req: Request, model: ModelChoice, task: _Task, fam: str | None, limits: Limits) -> GenerationOptions:
@@ -108,14 +115,14 @@ def _options(req: Request, model: ModelChoice, task: _Task, fam: str | None, lim
     d.update({k: getattr(req, k) for k in Request.OPTIONS if getattr(req, k) is not None})
     d.update(task.fixed, model=model.label)
     if d.get("prompt") is None:
-        raise UsageError("a prompt is needed" + (" (or --from-png FILE)" if req.source is None else ""))
+        raise UsageError(f"{_say(req, 'prompt')} is needed{_say(req, 'from-png')}", "prompt")
     opts = GenerationOptions.from_dict(d)
     if opts.seed in (None, -1):
         opts.seed = random_seed()
     _check_numbers(opts.to_dict(), req.source)
     check_seeds(opts.seed, opts.num_images)
-    check_prompt(opts.prompt, limits)
-    check_prompt(opts.negative_prompt, limits, "negative_prompt")
+    check_prompt(opts.prompt, limits, names=req.names)
+    check_prompt(opts.negative_prompt, limits, "negative_prompt", req.names)
     check_limits(limits, width=opts.width, height=opts.height, steps=opts.steps, num_images=opts.num_images,
                  prior_steps=opts.prior_steps if fam != "k3" else None, names=req.names)  # fmt: skip
     return opts
@@ -134,6 +141,11 @@ def _check_numbers(d: dict[str, Any], source: str | None) -> None:
 
 
 # ---------------------------------------------------------------------------- the commands' own parts
+
+
+def _say(req: Request, key: str) -> str:
+    """A phrase of the messages, in the shell's words (see requests.PHRASES)."""
+    return req.names.get(key, PHRASES[key]) if req.source is None or key != "from-png" else ""
 
 
 def _input(given: Input | None, role: str, name: str, req: Request) -> Input | None:
@@ -157,9 +169,9 @@ def _input(given: Input | None, role: str, name: str, req: Request) -> Input | N
     return Input(open_image(path, name), path, entry["sha256"])
 
 
-def _need(found: Input | None, what: str, req: Request) -> Input:
+def _need(found: Input | None, what: str, req: Request, field: str) -> Input:
     if found is None:
-        raise UsageError(f"{what} is needed" + (" (or --from-png FILE)" if req.source is None else ""))
+        raise UsageError(f"{what} is needed{_say(req, 'from-png')}", field)
     return found
 
 
@@ -193,21 +205,21 @@ def _text_to_image(req: Request) -> _Task:
 
 
 def _img2img(req: Request) -> _Task:
-    image = _need(_input(req.image, "image", "image", req), "an image", req)
+    image = _need(_input(req.image, "image", _say(req, "file:image"), req), _say(req, "image"), req, "image")
     strength = _setting(req, "strength", unit_float, 0.3)
     return _edited("image_to_image", strength, kwargs={"image": image.image, "strength": strength},
                    inputs=_inputs(image=image), size=default_size(image.image))  # fmt: skip
 
 
 def _inpaint(req: Request) -> _Task:
-    image = _need(_input(req.image, "image", "image", req), "an image", req)
+    image = _need(_input(req.image, "image", _say(req, "file:image"), req), _say(req, "image"), req, "image")
     strength = _setting(req, "strength", unit_float, 1.0)
     if req.mask is not None and req.outpaint is not None:
         raise UsageError("give a mask (inpaint) or outpaint margins, not both", "mask")
     pads = req.outpaint or (None if req.mask else _setting(req, "outpaint", margins, None))
     if pads is not None:
         return _outpaint(req, image, strength, pads)
-    mask = _need(_input(req.mask, "mask", "mask", req), "a mask (white = repaint) or outpaint margins", req)
+    mask = _need(_input(req.mask, "mask", _say(req, "file:mask"), req), _say(req, "mask"), req, "mask")
     if mask.image.size != image.image.size:
         from ..errors import warn_once
 
@@ -218,7 +230,7 @@ def _inpaint(req: Request) -> _Task:
         paste = ((req.recorded or {}).get("options", {}).get("extra") or {}).get("paste_back") is True
     feather = _setting(req, "feather", pixels_int, 0)
     if feather and not paste:
-        raise UsageError("feather blends the pasted-back pixels: turn paste-back on", "feather")
+        raise UsageError(_say(req, "feather"), "feather")
     kwargs = {"image": image.image, "mask": mask.image, "strength": strength, "paste_back": paste,
               "feather": feather}  # fmt: skip
     return _edited("inpaint", strength, kwargs=kwargs, size=default_size(image.image),
@@ -227,10 +239,9 @@ def _inpaint(req: Request) -> _Task:
 
 def _outpaint(req: Request, image: Input, strength: float, pads: tuple[int, int, int, int]) -> _Task:
     if req.width is not None or req.height is not None:
-        raise UsageError("outpainting sets the size (the image plus the margins): leave out width/height",
-                         "width")  # fmt: skip
+        raise UsageError(_say(req, "outpaint size"), "width")
     if req.paste_back is False:
-        raise UsageError("outpainting always keeps the original pixels: leave paste-back on", "paste_back")
+        raise UsageError(_say(req, "outpaint paste"), "paste_back")
     feather = _setting(req, "feather", pixels_int, 8)
     left, top, right, bottom = pads
     w, h = image.image.size
@@ -249,7 +260,7 @@ def _mix(req: Request) -> _Task:
             items.append(item.value)
             record.append({"text": item.value, "weight": item.weight})
         else:  # value None: the file the PNG was made from
-            found = _need(_input(item.value, f"item{k}", f"item {k}", req), f"item {k}'s image", req)
+            found = _need(_input(item.value, f"item{k}", f"item {k}", req), f"item {k}'s image", req, "items")
             items.append(found.image)
             inputs |= _inputs(**{f"item{k}": found})
             record.append({"image": f"item{k}", "weight": item.weight})
@@ -263,7 +274,7 @@ def _recorded_pairs(req: Request) -> list[MixItem]:
     from .requests import finite_float
 
     if req.recorded is None:
-        raise UsageError("mix needs ITEM WEIGHT pairs (or --from-png FILE)", "items")
+        raise UsageError(_say(req, "mix") + _say(req, "from-png"), "items")
     entries = (req.recorded["options"].get("extra") or {}).get("mix")
     try:
         return [MixItem("text", e["text"], finite_float(e["weight"])) if "text" in e
@@ -273,12 +284,12 @@ def _recorded_pairs(req: Request) -> list[MixItem]:
 
 
 def _controlnet(req: Request) -> _Task:
-    hint = _need(_input(req.hint, "hint", "hint", req), "a hint (depth map)", req)
-    init = _input(req.image, "image", "image", req)
+    hint = _need(_input(req.hint, "hint", _say(req, "file:hint"), req), _say(req, "hint"), req, "hint")
+    init = _input(req.image, "image", _say(req, "file:init"), req)
     task = {"kwargs": {"hint": hint.image}, "size": default_size(hint.image), "inputs": _inputs(hint=hint)}
     if init is None:
         if req.strength is not None:
-            raise UsageError("strength needs an image to start from", "strength")
+            raise UsageError(_say(req, "strength"), "strength")
         return _Task("controlnet", **task)
     strength = _setting(req, "strength", unit_float, 0.3)
     task["kwargs"] |= {"image": init.image, "strength": strength}

@@ -22,7 +22,7 @@ class RequestError(ValueError):
     `status` is the HTTP answer the server gives."""
 
     def __init__(self, message: str, field: str | None = None, status: int = 400) -> None:
-        super().__init__(f"{field}: {message}" if field else message)
+        super().__init__(message)  # the message names the field in its own words
         self.field, self.message, self.status = field, message, status
 
 
@@ -82,7 +82,7 @@ class Limits:
         return 6 * (self.max_upload_bytes * 4 // 3) + 2**20
 
 
-SERVER_LIMITS = {"max_side": 2048, "max_steps": 200, "max_images": 8}  # a shared server is stricter
+SERVER_PHRASES = {"server": "yes"}  # the server's requests: limits are "this server's", set by its operator
 
 
 def check_limits(limits: Limits, *, width: int | None = None, height: int | None = None,
@@ -95,24 +95,28 @@ def check_limits(limits: Limits, *, width: int | None = None, height: int | None
                             ("steps", steps, "max_steps"), ("prior_steps", prior_steps, "max_steps"),
                             ("num_images", num_images, "max_images")):  # fmt: skip
         if value is not None and value > getattr(limits, top):
-            raise RequestError(
-                f"{value} is over the limit of {getattr(limits, top)} (raise it with {hint[top]})",
-                names.get(key, key),
-            )
+            name = names.get(key, key)
+            if "server" in names:  # a client cannot raise a server's limits: no option to name
+                raise RequestError(f"{name}: {value} is over this server's limit of {getattr(limits, top)}", name)
+            raise RequestError(f"{name} {value} is over the limit of {getattr(limits, top)} (raise it with "
+                               f"{hint[top]})", name)  # fmt: skip
 
 
-def check_prompt(text: str | None, limits: Limits, name: str = "prompt") -> None:
+def check_prompt(text: str | None, limits: Limits, name: str = "prompt", names: dict[str, str] | None = None) -> None:
     if text is not None and len(text) > limits.max_prompt:
+        if "server" in names:
+            raise RequestError(f"{name}: {len(text)} characters is over this server's limit of {limits.max_prompt}",
+                               name)  # fmt: skip
         raise RequestError(
-            f"{len(text)} characters is over the limit of {limits.max_prompt} (the text encoder reads only "
-            "the first 77 tokens for 2.x, 128 for Kandinsky 3; raise it with --max-prompt)",
+            f"the {name.replace('_', ' ')} is {len(text)} characters, over the limit of {limits.max_prompt} "
+            "(the text encoders read only the first 77 tokens, 128 for Kandinsky 3; raise it with --max-prompt)",
             name,
         )
 
 
 def check_seeds(seed: int, n: int, name: str = "seed") -> None:
     if not 0 <= seed <= MAX_SEED:
-        raise RequestError(f"expected an integer from 0 to {MAX_SEED}, or -1 for random, got {seed}", name)
+        raise RequestError(f"{name}: expected an integer from 0 to {MAX_SEED}, or -1 for random, got {seed}", name)
     if seed + n - 1 > MAX_SEED:
         raise RequestError(f"seeds {seed} to {seed + n - 1} pass the largest seed {MAX_SEED}", name)
 
@@ -177,8 +181,8 @@ def margins(value: Any) -> tuple[int, int, int, int]:
         values = ()
     if len(values) != 4 or min(values) < 0 or not any(values):
         raise ValueError(
-            "expected LEFT,TOP,RIGHT,BOTTOM: four whole numbers of pixels >= 0, not all 0 "
-            f"(or a list of four, or left/top/right/bottom fields); got {value!r}"
+            "expected LEFT,TOP,RIGHT,BOTTOM (or a list of four, or left/top/right/bottom fields): four whole "
+            f"numbers of pixels >= 0, not all 0; got {value!r}"
         )
     return values
 
@@ -233,7 +237,7 @@ def file_sha256(path: Path, name: str) -> str:
             while chunk := f.read(1 << 20):
                 h.update(chunk)
     except OSError as e:
-        raise RequestError(f"cannot read {str(path)!r} ({e.strerror or e})", name) from None
+        raise RequestError(f"{name}: cannot read {str(path)!r} ({e.strerror or e})", name) from None
     return h.hexdigest()
 
 
@@ -246,6 +250,25 @@ class MixItem(NamedTuple):
 
 
 # ------------------------------------------------------------------------------------------ request
+
+# How messages name what a request lacks or must change; a shell may say it in its own words (the CLI
+# names its arguments: see cli.common.CLI_PHRASES).
+PHRASES = {
+    "prompt": "a prompt",
+    "image": "an image",
+    "mask": "a mask (white = repaint) or outpaint margins",
+    "hint": "a hint (a depth map)",
+    "file:image": "image",
+    "file:mask": "mask",
+    "file:hint": "hint",
+    "file:init": "image",
+    "feather": "feather blends the pasted-back pixels: set paste_back",
+    "outpaint size": "outpainting sets the size (the image plus the margins): leave out width and height",
+    "outpaint paste": "outpainting always keeps the original pixels: leave paste_back on",
+    "strength": "strength needs an image to start from",
+    "mix": "mix needs items: texts and images with weights",
+    "from-png": "",
+}
 
 
 @dataclass

@@ -21,6 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from .. import __version__
 from ..engine import Input, Plan
 from ..engine import Request as EngineRequest
+from ..engine.requests import SERVER_PHRASES
 from ..pngmeta import KANDI_KEY, PARAMETERS_KEY, parse_parameters
 from .inputs import FieldError, decode_image, decode_mask, encode_png_base64
 from .service import error
@@ -144,7 +145,7 @@ def _model(server: Any, title: str, field: str) -> str:
         raise FieldError(field, str(e), 404) from None
 
 
-A1111_NAMES = {"width": "width", "height": "height", "steps": "steps", "num_images": "batch_size"}
+A1111_NAMES = {"width": "width", "height": "height", "steps": "steps", "num_images": "batch_size", **SERVER_PHRASES}
 
 
 def _plan(body: Any, server: Any, current: str, img2img: bool) -> tuple[str, Plan]:

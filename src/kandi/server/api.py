@@ -23,7 +23,6 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from .. import __version__
 from ..engine import Engine, RequestError
-from ..engine.requests import SERVER_LIMITS
 from .inputs import FieldError, Limits, encode_png_base64
 from .jobs import FINISHED, Job, JobQueue, QueueFull
 from .schemas import BODIES, plan
@@ -35,12 +34,13 @@ log = logging.getLogger("kandi.server")
 def create_app(engine: Engine, workers: int = 1, max_waiting: int = 16, limits: Limits | None = None,
                api_key: str | None = None, ui: bool = True) -> FastAPI:  # fmt: skip
     """The whole server as an ASGI app (run it with uvicorn; tests call it in-process)."""
-    limits = limits or Limits(**SERVER_LIMITS)
+    limits = limits or Limits()
     server = Server(engine, JobQueue(workers, max_waiting), limits)
-    app = FastAPI(title="kandi", version=__version__,
+    app = FastAPI(title="kandi", version=__version__, docs_url=None, redoc_url=None,
                   description="Kandinsky 2.1 / 2.2 / 3 image generation: a native API, an AUTOMATIC1111-"
                   "compatible subset (/sdapi/v1) and a web UI (/ui).")  # fmt: skip
     app.state.server = server
+    _docs(app)
     _errors(app)
     _native_routes(app, server)
     from .a1111 import a1111_routes
@@ -53,6 +53,33 @@ def create_app(engine: Engine, workers: int = 1, max_waiting: int = 16, limits: 
     app.add_middleware(_Guard, api_key=api_key, max_body=limits.max_body_bytes)
     app.router.on_shutdown.append(server.queue.close)
     return app
+
+
+def _docs(app: FastAPI) -> None:
+    """/docs (Swagger UI) and /redoc with their scripts served from here: FastAPI's own pages load them
+    from a CDN, which leaves a blank page on a machine without internet. The assets ship with the
+    fastapi-offline package (a dependency of the serve extra)."""
+    from pathlib import Path
+
+    from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html
+    from fastapi.staticfiles import StaticFiles
+
+    try:
+        import fastapi_offline
+    except ImportError:  # an old install of the extra: the API works, its docs page does not
+        return
+    static = Path(fastapi_offline.__file__).parent / "static"
+    app.mount("/docs-assets", StaticFiles(directory=static), name="docs-assets")
+
+    @app.get("/docs", include_in_schema=False)
+    async def docs() -> Response:
+        return get_swagger_ui_html(openapi_url="/openapi.json", title="kandi API", swagger_js_url="/docs-assets/swagger-ui-bundle.js",
+                                   swagger_css_url="/docs-assets/swagger-ui.css", swagger_favicon_url="/docs-assets/favicon.png")  # fmt: skip
+
+    @app.get("/redoc", include_in_schema=False)
+    async def redoc() -> Response:
+        return get_redoc_html(openapi_url="/openapi.json", title="kandi API", redoc_js_url="/docs-assets/redoc.standalone.js",
+                              redoc_favicon_url="/docs-assets/favicon.png", with_google_fonts=False)  # fmt: skip
 
 
 # ----------------------------------------------------------------------------------------------- errors

@@ -9,18 +9,31 @@ from __future__ import annotations
 import base64
 import binascii
 import io
+from dataclasses import dataclass
 from typing import Any
 
-from ..engine.requests import Limits, RequestError
+from ..engine.requests import Limits as EngineLimits
+from ..engine.requests import RequestError
 
 __all__ = ["FieldError", "Limits", "decode_image", "decode_mask", "encode_png_base64"]
+
+
+@dataclass(frozen=True)
+class Limits(EngineLimits):
+    """A server's limits: the engine's, with the stricter defaults of a machine shared by many clients
+    (the `kandi serve` options of the same names)."""
+
+    max_side: int = 2048
+    max_steps: int = 200
+    max_images: int = 8
 
 
 class FieldError(RequestError):
     """A request field with a bad value: answered as `status` with the field's name in the JSON error."""
 
     def __init__(self, field: str, message: str, status: int = 400) -> None:
-        super().__init__(message, field, status)
+        super().__init__(f"{field}: {message}", field, status)
+        self.message = message
 
 
 def decode_image(data: Any, field: str, limits: Limits) -> Any:

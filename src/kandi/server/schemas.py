@@ -9,11 +9,11 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from ..engine import Engine, Input, Plan, Request
 from ..engine import MixItem as Ingredient
-from ..engine.requests import MAX_SEED, margins
+from ..engine.requests import MAX_SEED, SERVER_PHRASES
 from .inputs import FieldError, Limits, decode_image, decode_mask
 
 TASKS = {  # URL name -> engine task
@@ -65,9 +65,19 @@ class Margins(BaseModel):
 class InpaintBody(_Body):
     image: str = Field(description="the image to repaint or extend, base64")
     mask: str | None = Field(None, description="white (or opaque) = repaint; or give `outpaint`")
-    outpaint: Margins | list[int] | None = Field(
+    outpaint: Margins | None = Field(
         None, description="extend the image by these margins (pixels): {left, top, right, bottom} or [l, t, r, b]"
     )
+
+    @field_validator("outpaint", mode="before")
+    @classmethod
+    def _margins_list(cls, value: Any) -> Any:
+        """[left, top, right, bottom], the form batch files (and the CLI) use, as well as the object."""
+        if isinstance(value, list):
+            if len(value) != 4:
+                raise ValueError("outpaint margins are [left, top, right, bottom]: four numbers")
+            return dict(zip(("left", "top", "right", "bottom"), value))
+        return value
     strength: float = Field(1.0, ge=0, le=1)
     paste_back: bool = Field(False, description="keep the unmasked pixels exactly")
     feather: int | None = Field(None, ge=0, le=256, description="soft paste-back edge (outpaint default 8)")
@@ -108,6 +118,7 @@ def plan(name: str, body: _Body, engine: Engine, limits: Limits) -> tuple[str, P
     if req.seed == -1:
         req.seed = None
     _inputs(name, body, limits, req)
+    req.names = dict(SERVER_PHRASES)
     entry, p = engine.plan(req, limits)
     return entry.label, p
 
@@ -139,11 +150,8 @@ def _inputs(name: str, body: Any, limits: Limits, req: Request) -> None:
 
 def _outpaint(body: InpaintBody, req: Request, limits: Limits) -> None:
     m = body.outpaint
-    if isinstance(m, list):
-        try:
-            m = Margins(**dict(zip(("left", "top", "right", "bottom"), margins(m))))
-        except ValueError as e:
-            raise FieldError("outpaint", str(e)) from None
+    if not any((m.left, m.top, m.right, m.bottom)):
+        raise FieldError("outpaint", "set at least one margin to extend the image by")
     req.outpaint = (m.left, m.top, m.right, m.bottom)
     w, h = req.image.image.size
     for field, v in zip(("outpaint.left+right", "outpaint.top+bottom"), (m.left + w + m.right, m.top + h + m.bottom)):

@@ -105,8 +105,13 @@ def png_base64(image: Image.Image) -> str:
 
 def user_message(exc: Exception) -> str:
     """One sentence for the user, naming the field by its label in the UI."""
-    if isinstance(exc, RequestError):
-        return f"{_label(exc.field)}: {exc.message}" if exc.field else exc.message
+    if isinstance(exc, FieldError):
+        return f"{_label(exc.field)}: {exc.message}"
+    if isinstance(exc, RequestError):  # the engine's: "field: message", or a sentence naming it
+        text = str(exc)
+        if exc.field and text.startswith(f"{exc.field}: "):
+            return f"{_label(exc.field)}: {text[len(exc.field) + 2 :]}"
+        return text
     if isinstance(exc, ValidationError):
         first = exc.errors()[0]
         where = "".join(f"[{x}]" if isinstance(x, int) else f".{x}" for x in first.get("loc", ())).lstrip(".")
@@ -287,7 +292,7 @@ class UI:
         """Run one Generate click to its end, reporting progress; user mistakes come back as the status."""
         try:
             job = self.submit(task, values)
-        except (FieldError, ValidationError, QueueFull) as e:
+        except (RequestError, ValidationError, QueueFull) as e:
             return Outcome(status=user_message(e), error=True)
         self.running[(session, task)] = job
         try:
