@@ -51,6 +51,15 @@ def tokenize(tokenizer: Any, prompts: list[str], **kwargs: Any) -> Any:
         return tokenizer(prompts, **kwargs)
 
 
+def cut_off(tokenizer: Any, full: torch.Tensor, n: int, shown: int = 60) -> str:
+    """One short line on what a prompt lost: how many tokens, and how the cut part begins (a 1 MB prompt
+    must not become a 1 MB log line)."""
+    lost = int(full.shape[-1]) - n
+    start = tokenizer.decode(full[0, n - 1 : n - 1 + 16], skip_special_tokens=True).strip()
+    start = start if len(start) <= shown else start[: shown - 1] + "…"
+    return f"{lost} more token(s) were cut off, from {start!r}"
+
+
 def _tokenize(tokenizer: Any, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
     n = tokenizer.model_max_length
     enc = tokenize(
@@ -58,8 +67,7 @@ def _tokenize(tokenizer: Any, prompts: list[str]) -> tuple[torch.Tensor, torch.T
     )
     full = tokenize(tokenizer, prompts, padding="longest", return_tensors="pt").input_ids
     if full.shape[-1] > n:
-        cut = tokenizer.batch_decode(full[:, n - 1 : -1])
-        log.warning("CLIP takes %d tokens: this part of the prompt was cut off: %s", n, cut)
+        log.warning("CLIP reads %d tokens: %s", n, cut_off(tokenizer, full, n))
     return enc.input_ids, enc.attention_mask.bool()
 
 
@@ -188,10 +196,7 @@ def _encode_mclip(tokenizer: Any, text_encoder: Any, prompts: list[str], device:
                    return_attention_mask=True, add_special_tokens=True, return_tensors="pt")  # fmt: skip
     full = tokenize(tokenizer, prompts, padding="longest", return_tensors="pt").input_ids
     if full.shape[-1] > MCLIP_TOKENS:
-        cut = tokenizer.batch_decode(full[:, MCLIP_TOKENS - 1 : -1])
-        log.warning(
-            "the 2.1 decoder reads %d tokens: this part of the prompt was cut off: %s", MCLIP_TOKENS, cut
-        )
+        log.warning("the 2.1 decoder reads %d tokens: %s", MCLIP_TOKENS, cut_off(tokenizer, full, MCLIP_TOKENS))
     mask = enc.attention_mask.to(device)
     embeds, states = text_encoder(input_ids=enc.input_ids.to(device), attention_mask=mask)
     return embeds, states, mask
