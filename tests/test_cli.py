@@ -175,7 +175,7 @@ def test_progress_bar_only_on_a_terminal_and_not_with_quiet(offline_hub, capsys,
     assert cli.main(args) == 0
     assert "image 1/1" in term.getvalue() and "decoder" in term.getvalue()
     term.seek(0), term.truncate()
-    assert cli.main([*args[:-len(TINY) - 1], str(tmp_path / "quiet"), *TINY, "--quiet"]) == 0
+    assert cli.main([*args[: -len(TINY) - 1], str(tmp_path / "quiet"), *TINY, "--quiet"]) == 0
     assert term.getvalue() == ""
 
 

@@ -37,7 +37,10 @@ def picture(w: int = 32, h: int = 32) -> Image.Image:
 @pytest.mark.parametrize(
     ("args", "fragment"),
     [
-        (["-W", "100000", "-H", "100000"], "-W/--width 100000 is over the limit of 4096 (raise it with --max-size)"),
+        (
+            ["-W", "100000", "-H", "100000"],
+            "-W/--width 100000 is over the limit of 4096 (raise it with --max-size)",
+        ),
         (["--steps", "5000"], "--steps 5000 is over the limit of 1000 (raise it with --max-steps)"),
         (["--num-images", "500"], "--num-images 500 is over the limit of 64 (raise it with --max-images)"),
         (["-W", "600", "--max-size", "512"], "-W/--width 600 is over the limit of 512"),
@@ -70,7 +73,6 @@ def test_a_huge_prompt_is_refused_in_every_shell(offline_hub, capsys, tmp_path):
 
 
 def test_a_long_prompt_warns_in_one_short_line(caplog):
-    from transformers import CLIPTokenizer
 
     from kandi.pipelines.k22 import _tokenize
 
@@ -99,7 +101,9 @@ def test_kandi_serve_without_the_extra_says_which_to_install(capsys, monkeypatch
     import importlib.util
 
     real = importlib.util.find_spec
-    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "fastapi" else real(name, *a))
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name == "fastapi" else real(name, *a)
+    )
     code, out, err = run(capsys, "serve", "--port", "1")
     assert_one_line_error(code, out, err, 2, "kandi serve needs the serve extra (fastapi missing)",
                           "pip install 'kandi[serve]'")  # fmt: skip
@@ -153,7 +157,9 @@ def test_outpaint_margins_as_a_list_or_an_object(client):
 def test_server_limits_and_prompt_length(client):
     r = client.post("/v1/txt2img", json={"prompt": "x", "width": 100000})
     assert r.status_code == 400 and r.json()["error"] == {
-        "message": "width: 100000 is over this server's limit of 2048", "field": "width"}
+        "message": "width: 100000 is over this server's limit of 2048",
+        "field": "width",
+    }
     r = client.post("/v1/txt2img", json={"prompt": "x" * 5000})
     assert r.status_code == 400 and r.json()["error"]["field"] == "prompt"
     assert "over this server's limit of 4000" in r.json()["error"]["message"]
@@ -162,9 +168,8 @@ def test_server_limits_and_prompt_length(client):
 def test_api_docs_are_served_from_the_server_itself(client):
     page = client.get("/docs").text
     assert "/docs-assets/swagger-ui-bundle.js" in page and "cdn" not in page.lower()
-    for asset in ("swagger-ui-bundle.js", "swagger-ui.css", "redoc.standalone.js"):
+    for asset in ("swagger-ui-bundle.js", "swagger-ui.css"):
         assert client.get(f"/docs-assets/{asset}").status_code == 200
-    assert "/docs-assets/redoc.standalone.js" in client.get("/redoc").text
 
 
 def test_loading_for_the_server_prints_no_bars(k22_cache, capfd):
@@ -221,9 +226,13 @@ def test_from_png_reads_an_a1111_png(offline_hub, capsys, tmp_path):
     code, out, err = run(capsys, "generate", "--from-png", png, "--prior-steps", "2", "--offline", "-q",
                          "-o", tmp_path / "again.png")  # fmt: skip
     assert code == 0, err
-    assert "could not take" in err and "DPM++ 2M Karras" in err and "v1-5-pruned" in err and "Clip skip" in err
+    assert (
+        "could not take" in err and "DPM++ 2M Karras" in err and "v1-5-pruned" in err and "Clip skip" in err
+    )
     made = Image.open(tmp_path / "again.png").text["parameters"]
-    assert made.startswith("a lighthouse at dawn\nNegative prompt: blurry\nSteps: 3,") and "Seed: 1234," in made
+    assert (
+        made.startswith("a lighthouse at dawn\nNegative prompt: blurry\nSteps: 3,") and "Seed: 1234," in made
+    )
 
 
 def test_a_corrupt_or_foreign_png_names_the_file(capsys, tmp_path):

@@ -40,7 +40,11 @@ def mask_image(w: int, h: int) -> Image.Image:
 
 
 def _inputs(folder: Path) -> dict[str, Path]:
-    files = {"photo": picture(40, 40, 1), "depth": picture(32, 32, 2).convert("L"), "mask": mask_image(40, 40)}
+    files = {
+        "photo": picture(40, 40, 1),
+        "depth": picture(32, 32, 2).convert("L"),
+        "mask": mask_image(40, 40),
+    }
     out = {}
     for name, im in files.items():
         out[name] = folder / f"{name}.png"
@@ -51,8 +55,18 @@ def _inputs(folder: Path) -> dict[str, Path]:
 CLI_CASES = {
     "generate": lambda f: ["generate", "a red cat", "-n", "blurry", "-s", "7"],
     "img2img": lambda f: ["img2img", f["photo"], "a blue cat", "-s", "3", "--strength", "0.5"],
-    "inpaint": lambda f: ["inpaint", f["photo"], "a hat", "--mask", f["mask"], "-s", "4", "--paste-back",
-                          "--feather", "2"],  # fmt: skip
+    "inpaint": lambda f: [
+        "inpaint",
+        f["photo"],
+        "a hat",
+        "--mask",
+        f["mask"],
+        "-s",
+        "4",
+        "--paste-back",
+        "--feather",
+        "2",
+    ],  # fmt: skip
     "outpaint": lambda f: ["inpaint", f["photo"], "a beach", "--outpaint", "8,0,16,0", "-s", "5"],
     "mix": lambda f: ["mix", "a cat", "0.6", f["photo"], "0.4", "-s", "6"],
     "controlnet": lambda f: ["controlnet", f["depth"], "a robot", "--image", f["photo"], "-s", "8"],
@@ -66,7 +80,10 @@ def _normal(text: str, folder: Path) -> str:
 def _record(png: bytes, folder: Path) -> dict:
     im = Image.open(io.BytesIO(png))
     im.load()
-    return {"text": {k: _normal(v, folder) for k, v in im.text.items()}, "pixels": np.asarray(im.convert("RGB"))}
+    return {
+        "text": {k: _normal(v, folder) for k, v in im.text.items()},
+        "pixels": np.asarray(im.convert("RGB")),
+    }
 
 
 def cli_pngs(folder: Path) -> dict[str, bytes]:
@@ -94,10 +111,22 @@ def server_pngs(folder: Path) -> dict[str, bytes]:
     small = {"width": 32, "height": 32, "steps": 3, "prior_steps": 2}
     bodies = {
         "generate": ("txt2img", {"prompt": "a red cat", "negative_prompt": "blurry", "seed": 7, **small}),
-        "img2img": ("img2img", {"prompt": "a blue cat", "image": b64(f["photo"]), "seed": 3, "strength": 0.5,
-                                **small}),  # fmt: skip
-        "inpaint": ("inpaint", {"prompt": "a hat", "image": b64(f["photo"]), "mask": b64(f["mask"]), "seed": 4,
-                                "paste_back": True, "feather": 2, **small}),  # fmt: skip
+        "img2img": (
+            "img2img",
+            {"prompt": "a blue cat", "image": b64(f["photo"]), "seed": 3, "strength": 0.5, **small},
+        ),  # fmt: skip
+        "inpaint": (
+            "inpaint",
+            {
+                "prompt": "a hat",
+                "image": b64(f["photo"]),
+                "mask": b64(f["mask"]),
+                "seed": 4,
+                "paste_back": True,
+                "feather": 2,
+                **small,
+            },
+        ),  # fmt: skip
     }
     app = create_app(Engine(["kandinsky-2.2"], offline=True), workers=1, max_waiting=4, ui=False)
     out = {}
@@ -113,10 +142,24 @@ def batch_pngs(folder: Path) -> dict[str, bytes]:
     f = _inputs(folder)
     lines = [
         {"prompt": "a red cat", "negative_prompt": "blurry", "seed": 7, "output": "generate"},
-        {"task": "img2img", "image": str(f["photo"]), "prompt": "a blue cat", "seed": 3, "strength": 0.5,
-         "output": "img2img"},  # fmt: skip
-        {"task": "inpaint", "image": str(f["photo"]), "mask": str(f["mask"]), "prompt": "a hat", "seed": 4,
-         "paste_back": True, "feather": 2, "output": "inpaint"},  # fmt: skip
+        {
+            "task": "img2img",
+            "image": str(f["photo"]),
+            "prompt": "a blue cat",
+            "seed": 3,
+            "strength": 0.5,
+            "output": "img2img",
+        },  # fmt: skip
+        {
+            "task": "inpaint",
+            "image": str(f["photo"]),
+            "mask": str(f["mask"]),
+            "prompt": "a hat",
+            "seed": 4,
+            "paste_back": True,
+            "feather": 2,
+            "output": "inpaint",
+        },  # fmt: skip
     ]
     job = folder / "job.jsonl"
     job.write_text("".join(json.dumps(x) + "\n" for x in lines))
@@ -156,10 +199,14 @@ def test_the_shells_agree_byte_for_byte(offline_hub, tmp_path, capsys):
     made = {shell: fn(tmp_path / shell) for shell, fn in SHELLS.items() if (tmp_path / shell).mkdir() is None}
     capsys.readouterr()
     for name in ("generate", "img2img", "inpaint"):
-        cli_im, server_im, batch_im = (_record(made[s][name], tmp_path / s) for s in ("cli", "server", "batch"))
+        cli_im, server_im, batch_im = (
+            _record(made[s][name], tmp_path / s) for s in ("cli", "server", "batch")
+        )
         assert np.array_equal(cli_im["pixels"], server_im["pixels"]), name
         assert np.array_equal(cli_im["pixels"], batch_im["pixels"]), name
-        assert cli_im["text"]["parameters"] == server_im["text"]["parameters"] == batch_im["text"]["parameters"]
+        assert (
+            cli_im["text"]["parameters"] == server_im["text"]["parameters"] == batch_im["text"]["parameters"]
+        )
 
 
 def _record_golden() -> None:  # pragma: no cover (run by hand before a change to the shells)

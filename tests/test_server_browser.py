@@ -268,12 +268,10 @@ def test_api_docs_render_offline(browser, server):
     page = browser.new_page(viewport=DESKTOP)
     page.set_default_timeout(TIMEOUT_MS)
     elsewhere = []
-    page.on("request", lambda r: None if r.url.startswith(server) else elsewhere.append(r.url))
+    local = (server, "blob:", "data:")
+    page.on("request", lambda r: None if r.url.startswith(local) else elsewhere.append(r.url))
     page.goto(server + "/docs")
     page.locator(".swagger-ui .info .title").filter(has_text="kandi").wait_for()
     page.locator(".opblock-summary-path", has_text="/v1/txt2img").first.wait_for()
-    assert not elsewhere, elsewhere
-    page.goto(server + "/redoc")
-    page.locator("h1", has_text="kandi").first.wait_for()
     assert not elsewhere, elsewhere
     page.close()

@@ -80,7 +80,11 @@ def family_defaults(attr: str) -> str:
 def add_common_args(p: argparse.ArgumentParser, size_from: str | None = None) -> None:
     """generate's options, which every drawing command takes; `size_from`: the input whose size is the
     default width and height (rounded to multiples of 64), instead of the model's."""
-    size = f"{size_from}'s, rounded to the nearest multiple of 64" if size_from else family_defaults("default_size")
+    size = (
+        f"{size_from}'s, rounded to the nearest multiple of 64"
+        if size_from
+        else family_defaults("default_size")
+    )
     p.add_argument("-n", "--negative-prompt", metavar="TEXT", help="what not to draw")
     p.add_argument(
         "-m",
@@ -94,7 +98,10 @@ def add_common_args(p: argparse.ArgumentParser, size_from: str | None = None) ->
     p.add_argument("-W", "--width", type=positive_int, help=f"image width in pixels (default {size})")
     p.add_argument("-H", "--height", type=positive_int, help=f"image height in pixels (default {size})")
     p.add_argument(
-        "--steps", type=positive_int, metavar="N", help=f"decoder steps (default {family_defaults('default_steps')})"
+        "--steps",
+        type=positive_int,
+        metavar="N",
+        help=f"decoder steps (default {family_defaults('default_steps')})",
     )
     p.add_argument("--prior-steps", type=positive_int, metavar="N",
                    help=f"prior steps, 2.x (default {REGISTRY[DEFAULT_MODEL].default_prior_steps})")  # fmt: skip

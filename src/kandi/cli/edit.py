@@ -46,14 +46,12 @@ def img2img(args: argparse.Namespace) -> int:
     return run_task(args)
 
 
-
 # -------------------------------------------------------------------------------------------- inpaint
 
 INPAINT_EXAMPLES = """examples:
   kandi inpaint room.png "a red armchair" --mask chair-mask.png -s 7
   kandi inpaint room.png "a red armchair" --mask chair-mask.png --paste-back --feather 8
   kandi inpaint beach.png "a wide sandy beach" --outpaint 256,0,256,0"""
-
 
 
 def add_inpaint_args(p: argparse.ArgumentParser) -> None:
@@ -90,8 +88,6 @@ def inpaint(args: argparse.Namespace) -> int:
     return run_task(args)
 
 
-
-
 # ------------------------------------------------------------------------------------------------ mix
 
 MIX_EXAMPLES = """examples:
@@ -113,10 +109,6 @@ def add_mix_args(p: argparse.ArgumentParser) -> None:
 def mix(args: argparse.Namespace) -> int:
     """Images from a weighted mix of texts and images (the prior's interpolate, then the decoder)."""
     return run_task(args)
-
-
-
-
 
 
 # ----------------------------------------------------------------------------------------- controlnet
@@ -142,7 +134,6 @@ def add_controlnet_args(p: argparse.ArgumentParser) -> None:
 def controlnet(args: argparse.Namespace) -> int:
     """ControlNet: images after PROMPT with the layout of a depth map."""
     return run_task(args)
-
 
 
 # ----------------------------------------------------------------------------------------------- main

@@ -60,7 +60,9 @@ def serve(args: argparse.Namespace) -> int:
                     max_upload_bytes=args.max_upload_mb * 2**20)  # fmt: skip
     sock = claim_port(args.host, args.port)  # before the models load: a busy port fails in a second
     print(f"kandi: loading {', '.join(args.model or ['kandinsky-2.2'])}...", file=sys.stderr, flush=True)
-    engine = Engine(args.model or None, args.device, args.dtype, args.variant, args.offline, args.prior).load()
+    engine = Engine(
+        args.model or None, args.device, args.dtype, args.variant, args.offline, args.prior
+    ).load()
     app = create_app(engine, args.workers, args.queue, limits, args.api_key, ui=not args.no_ui)
     shown = f"[{args.host}]" if ":" in args.host else args.host
     print(

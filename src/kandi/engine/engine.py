@@ -97,7 +97,9 @@ class Engine:
     def _load(self, entry: Entry, role: str) -> tuple[ModelChoice, Any]:
         base = entry.loaded.get("decoder") if role != "decoder" else None
         model = choose_model(entry.name, base[0].prior if base else entry.prior, None, role)
-        loaded = load(model, self.device, self.dtype, self.variant, self.offline, self.downloads, shared_prior=base)
+        loaded = load(
+            model, self.device, self.dtype, self.variant, self.offline, self.downloads, shared_prior=base
+        )
         entry.family = family(loaded[1])
         return loaded
 
@@ -118,7 +120,11 @@ class Engine:
     def plan(self, req: Request, limits: Limits | None = None) -> tuple[Entry, Plan]:
         """The request's entry (added if this engine may add models) and Plan."""
         try:
-            entry = self.entry(req.model) if self.keep is None else self.add(req.model or DEFAULT_MODEL, req.prior)
+            entry = (
+                self.entry(req.model)
+                if self.keep is None
+                else self.add(req.model or DEFAULT_MODEL, req.prior)
+            )
         except LookupError as e:
             raise RequestError(str(e), "model", 404) from None
 

@@ -103,7 +103,9 @@ def _check_family(fam: str | None, label: str | None, task: str) -> None:
         raise RequestError(f"{label} cannot do {TASKS[task].api}; it does: {', '.join(can)}", "model")
 
 
-def _options(req: Request, model: ModelChoice, task: _Task, fam: str | None, limits: Limits) -> GenerationOptions:
+def _options(
+    req: Request, model: ModelChoice, task: _Task, fam: str | None, limits: Limits
+) -> GenerationOptions:
     """Defaults (the model's and the task's, or the PNG's options), overridden by what the request gives,
     then by what the task fixes (its extra options, e.g. strength)."""
     d = defaults(model.spec, fam)

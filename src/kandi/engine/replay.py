@@ -73,7 +73,10 @@ def _kandi(text: str, path: str | Path) -> dict[str, Any]:
 def from_parameters(text: str, path: str | Path = "the PNG") -> dict[str, Any]:
     """An A1111 `parameters` text as a recorded text-to-image request, with `notes` on what was left."""
     p = parse_parameters(text)
-    opts: dict[str, Any] = {"prompt": p.get("Prompt") or "", "negative_prompt": p.get("Negative prompt") or None}
+    opts: dict[str, Any] = {
+        "prompt": p.get("Prompt") or "",
+        "negative_prompt": p.get("Negative prompt") or None,
+    }
     notes: list[str] = []
     for key, name in A1111_FIELDS.items():
         if key in p:

@@ -97,12 +97,16 @@ def check_limits(limits: Limits, *, width: int | None = None, height: int | None
         if value is not None and value > getattr(limits, top):
             name = names.get(key, key)
             if "server" in names:  # a client cannot raise a server's limits: no option to name
-                raise RequestError(f"{name}: {value} is over this server's limit of {getattr(limits, top)}", name)
+                raise RequestError(
+                    f"{name}: {value} is over this server's limit of {getattr(limits, top)}", name
+                )
             raise RequestError(f"{name} {value} is over the limit of {getattr(limits, top)} (raise it with "
                                f"{hint[top]})", name)  # fmt: skip
 
 
-def check_prompt(text: str | None, limits: Limits, name: str = "prompt", names: dict[str, str] | None = None) -> None:
+def check_prompt(
+    text: str | None, limits: Limits, name: str = "prompt", names: dict[str, str] | None = None
+) -> None:
     if text is not None and len(text) > limits.max_prompt:
         if "server" in names:
             raise RequestError(f"{name}: {len(text)} characters is over this server's limit of {limits.max_prompt}",
@@ -116,7 +120,9 @@ def check_prompt(text: str | None, limits: Limits, name: str = "prompt", names: 
 
 def check_seeds(seed: int, n: int, name: str = "seed") -> None:
     if not 0 <= seed <= MAX_SEED:
-        raise RequestError(f"{name}: expected an integer from 0 to {MAX_SEED}, or -1 for random, got {seed}", name)
+        raise RequestError(
+            f"{name}: expected an integer from 0 to {MAX_SEED}, or -1 for random, got {seed}", name
+        )
     if seed + n - 1 > MAX_SEED:
         raise RequestError(f"seeds {seed} to {seed + n - 1} pass the largest seed {MAX_SEED}", name)
 

@@ -91,7 +91,9 @@ def make_png(index: int, image: Any, opts: GenerationOptions, info: dict[str, An
 def own_schedulers(models: Any) -> Any:
     """The models with their own scheduler copies: set_timesteps writes into a scheduler, so each run
     gets its own and runs may overlap on one set of weights."""
-    own = {n: copy.deepcopy(getattr(models, n)) for n in ("scheduler", "prior_scheduler") if hasattr(models, n)}
+    own = {
+        n: copy.deepcopy(getattr(models, n)) for n in ("scheduler", "prior_scheduler") if hasattr(models, n)
+    }
     return replace(models, **own)
 
 
@@ -109,7 +111,9 @@ def run(models: Any, plan: Plan, variant: str | None = None, on_step: Callable[[
 
     models = own_schedulers(models)
     total = total_steps(models, plan)
-    meta = image_info(plan.command, plan.model, models, plan.opts.scheduler, variant, plan.inputs) | (info or {})
+    meta = image_info(plan.command, plan.model, models, plan.opts.scheduler, variant, plan.inputs) | (
+        info or {}
+    )
     made: list[Image] = []
     done = 0
     for event in each_image(models, plan.opts, plan.task, **plan.kwargs):

@@ -196,7 +196,9 @@ def _encode_mclip(tokenizer: Any, text_encoder: Any, prompts: list[str], device:
                    return_attention_mask=True, add_special_tokens=True, return_tensors="pt")  # fmt: skip
     full = tokenize(tokenizer, prompts, padding="longest", return_tensors="pt").input_ids
     if full.shape[-1] > MCLIP_TOKENS:
-        log.warning("the 2.1 decoder reads %d tokens: %s", MCLIP_TOKENS, cut_off(tokenizer, full, MCLIP_TOKENS))
+        log.warning(
+            "the 2.1 decoder reads %d tokens: %s", MCLIP_TOKENS, cut_off(tokenizer, full, MCLIP_TOKENS)
+        )
     mask = enc.attention_mask.to(device)
     embeds, states = text_encoder(input_ids=enc.input_ids.to(device), attention_mask=mask)
     return embeds, states, mask

@@ -145,7 +145,13 @@ def _model(server: Any, title: str, field: str) -> str:
         raise FieldError(field, str(e), 404) from None
 
 
-A1111_NAMES = {"width": "width", "height": "height", "steps": "steps", "num_images": "batch_size", **SERVER_PHRASES}
+A1111_NAMES = {
+    "width": "width",
+    "height": "height",
+    "steps": "steps",
+    "num_images": "batch_size",
+    **SERVER_PHRASES,
+}
 
 
 def _plan(body: Any, server: Any, current: str, img2img: bool) -> tuple[str, Plan]:

@@ -56,12 +56,12 @@ def create_app(engine: Engine, workers: int = 1, max_waiting: int = 16, limits: 
 
 
 def _docs(app: FastAPI) -> None:
-    """/docs (Swagger UI) and /redoc with their scripts served from here: FastAPI's own pages load them
-    from a CDN, which leaves a blank page on a machine without internet. The assets ship with the
-    fastapi-offline package (a dependency of the serve extra)."""
+    """/docs (Swagger UI) with its scripts served from here: FastAPI's own page loads them from a CDN,
+    which leaves a blank page on a machine without internet. The assets ship with the fastapi-offline
+    package (a dependency of the serve extra). No /redoc: ReDoc fetches its logo from its own site."""
     from pathlib import Path
 
-    from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html
+    from fastapi.openapi.docs import get_swagger_ui_html
     from fastapi.staticfiles import StaticFiles
 
     try:
@@ -75,11 +75,6 @@ def _docs(app: FastAPI) -> None:
     async def docs() -> Response:
         return get_swagger_ui_html(openapi_url="/openapi.json", title="kandi API", swagger_js_url="/docs-assets/swagger-ui-bundle.js",
                                    swagger_css_url="/docs-assets/swagger-ui.css", swagger_favicon_url="/docs-assets/favicon.png")  # fmt: skip
-
-    @app.get("/redoc", include_in_schema=False)
-    async def redoc() -> Response:
-        return get_redoc_html(openapi_url="/openapi.json", title="kandi API", redoc_js_url="/docs-assets/redoc.standalone.js",
-                              redoc_favicon_url="/docs-assets/favicon.png", with_google_fonts=False)  # fmt: skip
 
 
 # ----------------------------------------------------------------------------------------------- errors

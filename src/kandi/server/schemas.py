@@ -66,7 +66,8 @@ class InpaintBody(_Body):
     image: str = Field(description="the image to repaint or extend, base64")
     mask: str | None = Field(None, description="white (or opaque) = repaint; or give `outpaint`")
     outpaint: Margins | None = Field(
-        None, description="extend the image by these margins (pixels): {left, top, right, bottom} or [l, t, r, b]"
+        None,
+        description="extend the image by these margins (pixels): {left, top, right, bottom} or [l, t, r, b]",
     )
 
     @field_validator("outpaint", mode="before")
@@ -78,6 +79,7 @@ class InpaintBody(_Body):
                 raise ValueError("outpaint margins are [left, top, right, bottom]: four numbers")
             return dict(zip(("left", "top", "right", "bottom"), value))
         return value
+
     strength: float = Field(1.0, ge=0, le=1)
     paste_back: bool = Field(False, description="keep the unmasked pixels exactly")
     feather: int | None = Field(None, ge=0, le=256, description="soft paste-back edge (outpaint default 8)")
@@ -154,9 +156,13 @@ def _outpaint(body: InpaintBody, req: Request, limits: Limits) -> None:
         raise FieldError("outpaint", "set at least one margin to extend the image by")
     req.outpaint = (m.left, m.top, m.right, m.bottom)
     w, h = req.image.image.size
-    for field, v in zip(("outpaint.left+right", "outpaint.top+bottom"), (m.left + w + m.right, m.top + h + m.bottom)):
+    for field, v in zip(
+        ("outpaint.left+right", "outpaint.top+bottom"), (m.left + w + m.right, m.top + h + m.bottom)
+    ):
         if v > limits.max_side:
-            raise FieldError(field, f"the canvas would be {v} pixels, over this server's limit of {limits.max_side}")
+            raise FieldError(
+                field, f"the canvas would be {v} pixels, over this server's limit of {limits.max_side}"
+            )
 
 
 def _mix(body: MixBody, limits: Limits) -> list[Ingredient]:
@@ -167,5 +173,7 @@ def _mix(body: MixBody, limits: Limits) -> list[Ingredient]:
         if it.text is not None:
             items.append(Ingredient("text", it.text, it.weight))
         else:
-            items.append(Ingredient("image", Input(decode_image(it.image, f"items[{k}].image", limits)), it.weight))
+            items.append(
+                Ingredient("image", Input(decode_image(it.image, f"items[{k}].image", limits)), it.weight)
+            )
     return items

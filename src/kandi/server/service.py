@@ -65,5 +65,3 @@ def error(
 ) -> JSONResponse:
     body: dict[str, Any] = {"message": message, **({"field": field} if field else {})}
     return JSONResponse({"error": body}, status_code=status, headers=headers)
-
-
