@@ -158,6 +158,19 @@ def _generate(page, task: str) -> Image.Image:
     return Image.open(io.BytesIO(png.body()))
 
 
+def _settled_box(page, selector: str, frames: int = 600) -> dict:
+    """The element's box once it has stopped moving: equal over two rendered frames. On a loaded machine
+    the editor lays out its canvas a few frames after the upload, so a box read at once may be stale."""
+    box = None
+    for _ in range(frames):
+        page.evaluate("() => new Promise(done => requestAnimationFrame(() => requestAnimationFrame(done)))")
+        now = page.locator(selector).first.bounding_box()
+        if now is not None and now == box:
+            return now
+        box = now
+    pytest.fail(f"{selector} kept moving for {frames} frames")
+
+
 def _screenshot(page, path: Path, **kw) -> None:
     """A screenshot in 128 colours: a quarter of the bytes (the README's copies live in the repository)."""
     shot = Image.open(io.BytesIO(page.screenshot(**kw))).convert("RGB")
@@ -208,7 +221,7 @@ def test_inpaint_paints_a_mask_in_the_editor(browser, server, tmp_path):
     page.locator("#inpaint-editor input[type=file]").set_input_files(str(tmp_path / "in.png"))
     page.locator("#inpaint-editor").get_by_text("Upload an image").wait_for(state="hidden")
     page.locator("#inpaint-editor button[aria-label=Brush]").click()
-    canvas = page.locator("#inpaint-editor canvas").first.bounding_box()
+    canvas = _settled_box(page, "#inpaint-editor canvas")
     # a short stroke at the left of the picture (the picture is centred on the canvas)
     x, y = canvas["x"] + canvas["width"] / 2 - canvas["height"] * 0.4, canvas["y"] + canvas["height"] / 2
     page.mouse.move(x, y)
