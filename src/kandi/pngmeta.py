@@ -156,6 +156,11 @@ def read_png_options(path: str | os.PathLike) -> dict[str, Any]:
     text = read_png_text(path).get(KANDI_KEY)
     if text is None:
         raise ValueError(f"{path} has no kandi metadata")
+    return parse_kandi(text, path)
+
+
+def parse_kandi(text: str, path: Any = "the PNG") -> dict[str, Any]:
+    """A kandi chunk's JSON, checked for what replaying needs (options with a prompt)."""
     try:
         data = json.loads(text)
     except json.JSONDecodeError as e:

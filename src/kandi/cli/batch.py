@@ -10,7 +10,6 @@ on where it stopped).
 from __future__ import annotations
 
 import argparse
-import secrets
 import sys
 from pathlib import Path
 from typing import Any
@@ -18,6 +17,7 @@ from typing import Any
 from ..configs import DEFAULT_MODEL, REGISTRY
 from ..engine.models import choose_model
 from ..engine.models import runtime as runtime_of
+from ..engine.requests import random_seed
 from .common import (
     Command,
     UsageError,
@@ -149,7 +149,7 @@ def _run(args: argparse.Namespace, items: list[Any], output: Any) -> Any:
 def _job_seed(given: int | None, output: Any) -> int:
     """--seed; else the seed of the run recorded in the output folder (a rerun goes on with it); else 0."""
     if given == -1:
-        return secrets.randbelow(2**31)
+        return random_seed()
     if given is not None:
         return given
     recorded = output.job_seed()

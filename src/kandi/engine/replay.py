@@ -9,11 +9,10 @@ said in `notes`.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
-from ..pngmeta import KANDI_KEY, PARAMETERS_KEY, parse_parameters
+from ..pngmeta import KANDI_KEY, PARAMETERS_KEY, parse_kandi, parse_parameters
 from .models import registered
 from .requests import NUMBERS, RequestError, UsageError
 
@@ -61,13 +60,9 @@ def recorded(path: str | Path, command: str) -> dict[str, Any]:
 
 def _kandi(text: str, path: str | Path) -> dict[str, Any]:
     try:
-        data = json.loads(text)
-    except json.JSONDecodeError as e:
-        raise RequestError(f"{path} has unreadable kandi metadata ({e})") from None
-    opts = data.get("options") if isinstance(data, dict) else None
-    if not isinstance(opts, dict) or not isinstance(opts.get("prompt"), str):
-        raise RequestError(f"{path} has unreadable kandi metadata (no options with a prompt)")
-    return data
+        return parse_kandi(text, path)
+    except ValueError as e:
+        raise RequestError(str(e)) from None
 
 
 def from_parameters(text: str, path: str | Path = "the PNG") -> dict[str, Any]:
