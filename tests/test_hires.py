@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 
+import numpy as np
 import PIL.Image
 import pytest
 import torch
@@ -192,3 +193,31 @@ def test_a1111_text_reads_back():
         f"{k}: {v}" for k, v in hires.hires_fields(h).items()
     )
     assert hires.parse_hires_fields({"Denoising strength": 0.4}) is None  # img2img, no hi-res pass
+
+
+def test_k22_pass_with_a_learned_upscaler(k22m, tmp_path):
+    from kandi import upscale
+
+    try:
+        upscale.spandrel()
+    except ImportError:
+        pytest.skip("spandrel is not installed (pip install 'kandi[upscale]')")
+    from safetensors.torch import save_file
+    from spandrel.architectures.Compact import Compact
+
+    net = Compact(num_feat=8, num_conv=2, upscale=2)
+    save_file(
+        {k: torch.randn(v.shape) * 0.2 for k, v in net.state_dict().items()}, tmp_path / "c2.safetensors"
+    )
+    h = hires.HiresOptions(scale=2, strength=0.0, upscaler="c2", model_path=str(tmp_path / "c2.safetensors"))
+    image = _images(hires.hires_fix(k22m, OPTS, h))[0]
+    base = _images(kandi.pipelines.k22_tasks.text_to_image(k22m, OPTS))[0]
+    up = upscale.upscale(base, 2, "c2", model_path=tmp_path / "c2.safetensors")
+    # strength 0: the upscaled first pass, through the MoVQ once more (encode, decode)
+    pixels = kandi.pipelines.images.preprocess(up, 128, 128)
+    with torch.no_grad():
+        ref = to_output(k22.decode(k22m.movq, k22.encode(k22m.movq, pixels)), "pil")[0]
+    # (the decoder job encodes the image through its own ops: a rounding step may fall the other way)
+    diff = np.abs(np.asarray(image, dtype=int) - np.asarray(ref, dtype=int))
+    assert diff.max() <= 1 and diff.mean() < 0.01
+    assert hires.hires_fields(h)["Hires upscaler"] == "c2"
