@@ -15,6 +15,7 @@ import sys
 from pathlib import Path
 from types import SimpleNamespace
 
+import numpy as np
 import pytest
 import torch
 from safetensors.torch import save_file
@@ -407,3 +408,52 @@ def test_prompt_tags_hash_field_and_folder(tmp_path):
     assert lora.find_lora("ink_style", tmp_path).name == "ink_style.safetensors"
     with pytest.raises(ValueError, match="there: ink_style"):
         lora.find_lora("film", tmp_path)
+
+
+# ------------------------------------------------------------------------- whole requests (engine path)
+
+
+def _merged_models(models, which: dict[str, dict[str, tuple]], scale: float):
+    out = copy.copy(models)
+    for name, pairs in which.items():
+        setattr(out, name, _merged(getattr(models, name), pairs, scale))
+    return out
+
+
+def test_k22_request_with_apply_loras_equals_merged_models(k22_repos, tmp_path):
+    from kandi.configs import GenerationOptions
+    from kandi.pipelines import k22_tasks
+
+    m = k22_tasks.K22Models.load(str(k22_repos["decoder"]), str(k22_repos["prior"]))
+    sd_u, pairs_u = _attn_proc_file(m.unet, DECODER_PROJS, seed=30)
+    sd_p, pairs_p = _attn_proc_file(m.prior, ("to_q", "to_k", "to_v", "to_out"), seed=31)
+    save_file(sd_u, tmp_path / "decoder_lora.safetensors")
+    save_file(sd_p, tmp_path / "prior_lora.safetensors")
+    opts = GenerationOptions("a red fox", width=64, height=64, steps=3, prior_steps=2, seed=4)
+    ref_models = _merged_models(m, {"unet": pairs_u, "prior": pairs_p}, 0.6)
+    ref = [e for e in k22_tasks.text_to_image(ref_models, opts)][-1].images[0]
+    base = [e for e in k22_tasks.text_to_image(m, opts)][-1].images[0]
+    lora.apply_loras(
+        m, [(tmp_path / "decoder_lora.safetensors", 0.6), (tmp_path / "prior_lora.safetensors", 0.6)]
+    )
+    out = [e for e in k22_tasks.text_to_image(m, opts)][-1].images[0]
+    diff = np.abs(np.asarray(out, dtype=int) - np.asarray(ref, dtype=int))
+    assert diff.max() <= 1  # float sums in another order may round one step the other way
+    assert np.abs(np.asarray(out, dtype=int) - np.asarray(base, dtype=int)).max() > 8
+
+
+def test_k3_request_with_apply_loras_equals_merged_models(k3_repo, tmp_path):
+    from kandi.configs import GenerationOptions
+    from kandi.pipelines import k3_tasks
+
+    m = k3_tasks.K3Models.load(str(k3_repo))
+    paths = [n for n, mod in m.unet.named_modules() if n.endswith(("attention.to_k", "attention.to_q"))]
+    sd, pairs = _peft_file(m.unet, paths, alpha=2.0, prefix="unet.", seed=32)
+    save_file(sd, tmp_path / "k3_lora.safetensors")
+    opts = GenerationOptions("a red fox", width=64, height=64, steps=3, seed=4)
+    ref = [e for e in k3_tasks.text_to_image(_merged_models(m, {"unet": pairs}, 1.2), opts)][-1].images[0]
+    base = [e for e in k3_tasks.text_to_image(m, opts)][-1].images[0]
+    lora.apply_loras(m, [(tmp_path / "k3_lora.safetensors", 1.2)])
+    out = [e for e in k3_tasks.text_to_image(m, opts)][-1].images[0]
+    assert np.abs(np.asarray(out, dtype=int) - np.asarray(ref, dtype=int)).max() <= 1
+    assert np.abs(np.asarray(out, dtype=int) - np.asarray(base, dtype=int)).max() > 8
