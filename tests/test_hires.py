@@ -189,7 +189,7 @@ def test_a1111_text_reads_back():
     text = "a cat\n" + line + "Hires upscaler: Lanczos"
     h = hires.parse_hires_fields(pngmeta.parse_parameters(text))
     assert h == hires.HiresOptions(scale=2.0, strength=0.5, steps=10, upscaler="lanczos")
-    assert "Hires upscale: 2.0, Hires steps: 10, Hires upscaler: Lanczos" in ", ".join(
+    assert "Hires upscale: 2, Hires steps: 10, Hires upscaler: Lanczos" in ", ".join(
         f"{k}: {v}" for k, v in hires.hires_fields(h).items()
     )
     assert hires.parse_hires_fields({"Denoising strength": 0.4}) is None  # img2img, no hi-res pass
@@ -221,3 +221,24 @@ def test_k22_pass_with_a_learned_upscaler(k22m, tmp_path):
     diff = np.abs(np.asarray(image, dtype=int) - np.asarray(ref, dtype=int))
     assert diff.max() <= 1 and diff.mean() < 0.01
     assert hires.hires_fields(h)["Hires upscaler"] == "c2"
+
+
+def test_k21_pass(k21_repos):
+    m = K22Models.load(str(k21_repos["decoder"]), str(k21_repos["prior"]))
+    assert m.k21
+    still = hires.HiresOptions(scale=2, strength=0.0)
+    image = _images(hires.hires_fix(m, OPTS, still))[0]
+    base = _images(kandi.pipelines.k22_tasks.text_to_image(m, OPTS))[0]
+    size = (2 * base.width, 2 * base.height)
+    pixels = kandi.pipelines.images.preprocess(
+        base.resize(size, resample=PIL.Image.LANCZOS), size[1], size[0]
+    )
+    with torch.no_grad():
+        ref = to_output(k22.decode(m.movq, k22.encode(m.movq, pixels)), "pil")[0]
+    assert image.size == size
+    assert np.abs(np.asarray(image, dtype=int) - np.asarray(ref, dtype=int)).max() <= 1
+    for upscaler in ("lanczos", "latent"):
+        h = hires.HiresOptions(scale=2, strength=0.5, steps=4, upscaler=upscaler)
+        events = list(hires.hires_fix(m, OPTS, h))
+        assert sum(isinstance(e, Progress) and e.stage == "hires" for e in events) == 2
+        assert list(_images(events)[0].getdata()) != list(image.getdata())

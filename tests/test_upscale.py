@@ -105,6 +105,7 @@ def test_tiles_equal_one_pass_where_the_net_sees_inside_the_overlap(compact_file
     whole = _whole(compact_file, im)
     tiled = _tiled(compact_file, im, 64, 16)  # overlap // 3 = 5 px >= the 4 px the net sees
     assert tiled.shape == whole.shape == (200, 300, 3)
+    assert upscale.spans(150, 64, 16) == [(0, 61), (44, 61), (89, 61)]
     np.testing.assert_allclose(tiled, whole, atol=1e-5)
     seams = _tiled(compact_file, im, 64, 0)  # no overlap: tiles meet edge to edge
     assert np.abs(seams - whole).max() > 1e-3
@@ -112,10 +113,14 @@ def test_tiles_equal_one_pass_where_the_net_sees_inside_the_overlap(compact_file
 
 def test_tiles_equal_one_pass_away_from_seams(esrgan_file):
     im = _image(160, 96, 2)
-    whole, tiled = _whole(esrgan_file, im), _tiled(esrgan_file, im, 96, 48)  # tiles at x = 0, 48, 64
+    whole, tiled = _whole(esrgan_file, im), _tiled(esrgan_file, im, 96, 48)
+    tiles = upscale.spans(160, 96, 48)
+    assert len(tiles) == 3 and all(a[0] + a[1] - b[0] >= 48 for a, b in zip(tiles, tiles[1:]))
+    edges = [e for s, n in tiles for e in (s, s + n) if 0 < e < 160]  # inner tile edges
     far = np.ones(160, dtype=bool)
-    for edge in (48, 64, 96, 144):  # the inner tile edges; the net sees ~19 px
+    for edge in edges:  # the net sees ~19 px
         far[max(0, edge - 24) : edge + 24] = False
+    assert far.sum() > 20
     cols = np.repeat(far, 2)
     np.testing.assert_allclose(tiled[:, cols], whole[:, cols], atol=1e-5)
     assert np.abs(tiled - whole).max() < 0.05  # the blend hides what differs near the seams

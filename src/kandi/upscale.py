@@ -137,12 +137,14 @@ def _ramp(n: int, overlap: int, lead: bool, trail: bool) -> torch.Tensor:
     return w
 
 
-def _starts(size: int, tile: int, overlap: int) -> list[int]:
+def spans(size: int, tile: int, overlap: int) -> list[tuple[int, int]]:
+    """(start, length) of the tiles along one side: as few as `tile` allows with at least `overlap` px
+    shared by neighbours, all of one length and evenly spread (so no tile is mostly overlap)."""
     if size <= tile:
-        return [0]
-    stride = max(tile - overlap, 1)
-    starts = list(range(0, size - tile, stride)) + [size - tile]
-    return sorted(set(starts))
+        return [(0, size)]
+    n = -(-(size - overlap) // (tile - overlap))
+    length = -(-(size + (n - 1) * overlap) // n)
+    return [(round(i * (size - length) / (n - 1)), length) for i in range(n)]
 
 
 def run_tiled(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, scale: int, tile: int = 512,
@@ -155,22 +157,21 @@ def run_tiled(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, scale
     h, w = x.shape[-2:]
     if tile <= 0 or (h <= tile and w <= tile):
         return fn(x)
-    ys, xs = _starts(h, tile, overlap), _starts(w, tile, overlap)
     out = weight = None
-    for y0 in ys:
-        for x0 in xs:
-            part = fn(x[..., y0 : y0 + tile, x0 : x0 + tile]).float()
-            th, tw = part.shape[-2:]
-            wy = _ramp(th, overlap * scale, y0 > 0, y0 + tile < h)
-            wx = _ramp(tw, overlap * scale, x0 > 0, x0 + tile < w)
+    for y0, th in spans(h, tile, overlap):
+        for x0, tw in spans(w, tile, overlap):
+            part = fn(x[..., y0 : y0 + th, x0 : x0 + tw]).float()
+            wy = _ramp(th * scale, overlap * scale, y0 > 0, y0 + th < h)
+            wx = _ramp(tw * scale, overlap * scale, x0 > 0, x0 + tw < w)
             wt = (wy[:, None] * wx[None, :]).to(part.device)
             if out is None:
                 out = torch.zeros(*part.shape[:2], h * scale, w * scale, device=part.device)
                 weight = torch.zeros(h * scale, w * scale, device=part.device)
-            ys_, xs_ = slice(y0 * scale, y0 * scale + th), slice(x0 * scale, x0 * scale + tw)
-            out[..., ys_, xs_] += part * wt
-            weight[ys_, xs_] += wt
-    return out / weight.clamp_min(1e-8)
+            ys, xs = slice(y0 * scale, (y0 + th) * scale), slice(x0 * scale, (x0 + tw) * scale)
+            out[..., ys, xs] += part * wt
+            weight[ys, xs] += wt
+            del part, wt
+    return out.div_(weight.clamp_min_(1e-8))  # in place: the output is the largest tensor here
 
 
 # ---------------------------------------------------------------------------------------- upscaling
@@ -186,7 +187,8 @@ def _to_tensor(image: Any) -> torch.Tensor:
 def _to_pil(x: torch.Tensor) -> Any:
     import PIL.Image
 
-    arr = (x[0].clamp(0, 1).permute(1, 2, 0).cpu().numpy() * 255.0).round().astype("uint8")
+    # in place, then one uint8 copy: for a large output no second float image is made
+    arr = x[0].clamp_(0, 1).mul_(255.0).round_().to(torch.uint8).permute(1, 2, 0).contiguous().cpu().numpy()
     return PIL.Image.fromarray(arr)
 
 
@@ -225,7 +227,7 @@ def resize_to(image: Any, size: tuple[int, int], upscaler: str = "lanczos", mode
     return out if out.size == (w, h) else out.resize((w, h), resample=PIL.Image.LANCZOS)
 
 
-@torch.no_grad()
+@torch.inference_mode()  # spandrel's outputs are inference tensors: the in-place steps run in this mode
 def _run_model(model: Any, image: Any, tile: int, overlap: int, device: str | torch.device) -> Any:
     x = _to_tensor(image).to(device=device, dtype=next(model.model.parameters()).dtype)
     # the descriptor pads each tile to the architecture's size requirements and crops the result back

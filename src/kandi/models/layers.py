@@ -123,7 +123,8 @@ class KandiModel(nn.Module):
         """Load a LoRA into this model, as the diffusers training scripts call it (see `kandi.lora`)."""
         from .. import lora
 
-        lora.load_into({"model": self}, pretrained_model_name_or_path_or_dict, weight_name, adapter_name, **hub)
+        source = pretrained_model_name_or_path_or_dict
+        lora.load_into({"model": self}, source, weight_name, adapter_name, **hub)
 
     @classmethod
     def from_pretrained(cls, name_or_path: str, subfolder: str | None = None, **kwargs: Any) -> KandiModel:

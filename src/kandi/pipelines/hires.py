@@ -166,7 +166,7 @@ def _k22_one(m: Any, opts: Any, hires: HiresOptions, g: torch.Generator, k: int,
             x = yield from _progress(loop, "hires", k, n)
     else:
         first = to_output(decode(m.movq, x, m.placement), "pil")[0]
-        pixels = images.preprocess(_upscale(first, (big[1], big[0]), hires), *big)
+        pixels = images.preprocess(_upscale(first, (big[1], big[0]), hires, m.device), *big)
         job = decoder_job(m.unet, scheduler, m.movq, emb, neg, 1, big, steps, opts.guidance_scale, g, m.device,
                           m.placement, strength=hires.strength, image=pixels, **inputs)  # fmt: skip
         x = yield from _progress(job, "hires", k, n)
@@ -191,7 +191,7 @@ def _k3_one(m: Any, opts: Any, hires: HiresOptions, g: torch.Generator, k: int, 
     else:
         first = to_output(decode(m.movq, x, m.placement), "pil")[0]
         big = (lat[0] * sf, lat[1] * sf)
-        pixels = images.preprocess(_upscale(first, (big[1], big[0]), hires), *big)
+        pixels = images.preprocess(_upscale(first, (big[1], big[0]), hires, m.device), *big)
         x0 = k3.image_latents(m.movq, pixels.to(m.device), 1, 1, m.unet.dtype, m.placement)
     scheduler = _decoder_scheduler(m.scheduler, hires.sampler or opts.scheduler)
     ts = schedule(scheduler, hires.steps or opts.steps, m.device, hires.strength)
@@ -212,13 +212,14 @@ def _resize_latents(x: torch.Tensor, hw: tuple[int, int], upscaler: str) -> torc
     return F.interpolate(x, size=hw, mode=mode, align_corners=False, antialias=antialias)
 
 
-def _upscale(image: Any, size: tuple[int, int], hires: HiresOptions) -> Any:
+def _upscale(image: Any, size: tuple[int, int], hires: HiresOptions, device: torch.device) -> Any:
     """The first-pass image at `size` (W, H); a differing aspect ratio (both resize_x/y set) is filled
     and centre-cropped, as A1111 does."""
     from ..upscale import resize_cover
 
     name = canonical_upscaler(hires.upscaler)
-    return resize_cover(image, size, name if name in PIXEL_UPSCALERS else "model", hires.model_path)
+    kind = name if name in PIXEL_UPSCALERS else "model"
+    return resize_cover(image, size, kind, hires.model_path, device=device)
 
 
 # --------------------------------------------------------------------------------- PNG parameters
@@ -233,7 +234,8 @@ def hires_fields(hires: HiresOptions) -> dict[str, Any]:
     if hires.resize_x or hires.resize_y:
         fields["Hires resize"] = f"{int(hires.resize_x)}x{int(hires.resize_y)}"
     else:
-        fields["Hires upscale"] = float(hires.scale)
+        s = float(hires.scale)
+        fields["Hires upscale"] = int(s) if s.is_integer() else s  # "2", as A1111's infotexts show it
     if hires.steps:
         fields["Hires steps"] = int(hires.steps)
     fields["Hires upscaler"] = shown
