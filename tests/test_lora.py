@@ -292,8 +292,24 @@ def test_apply_loras_switches_files(unet2, prior, tmp_path):
         _run_unet2(models.unet), _run_unet2(_merged(unet2, pairs_a, 0.3)), atol=ATOL, rtol=0
     )
     assert torch.equal(_run_prior(models.prior), _run_prior(prior))
-    lora.apply_loras(models, [])
+    assert lora.apply_loras(models, []) == []
     assert torch.equal(_run_unet2(models.unet), _run_unet2(unet2))
+    assert len(lora.adapter_names(models.unet)) == 1  # kept loaded, inactive
+    lora.apply_loras(models, [], keep_loaded=0)
+    assert not lora.adapter_names(models.unet) and not lora.adapter_names(models.prior)
+
+
+def test_apply_loras_reports_names_hashes_and_scales(unet2, tmp_path):
+    sd, _ = _attn_proc_file(unet2, ("to_q",), seed=22)
+    save_file(sd, tmp_path / "ink.safetensors")
+    models = SimpleNamespace(unet=copy.deepcopy(unet2))
+    info = lora.apply_loras(
+        models, [(tmp_path / "ink.safetensors", 0.5), (tmp_path / "ink.safetensors", 0.25)]
+    )
+    short = lora.lora_short_hash(tmp_path / "ink.safetensors")
+    assert info == [{"name": "ink", "path": str(tmp_path / "ink.safetensors"), "scale": 0.75,
+                     "hash": lora.lora_hash(tmp_path / "ink.safetensors"), "short_hash": short}]  # fmt: skip
+    assert lora.active_adapters(models.unet) == {f"ink-{short}": 0.75}
 
 
 def test_lora_follows_dtype_moves(unet3):

@@ -442,12 +442,15 @@ def lora_models(models: Any) -> dict[str, nn.Module]:
     return out
 
 
-def apply_loras(models: Any, loras: Sequence[tuple[str | os.PathLike, float]], keep_loaded: int = 8) -> None:
+def apply_loras(models: Any, loras: Sequence[tuple[str | os.PathLike, float]],
+                keep_loaded: int = 8) -> list[dict[str, Any]]:  # fmt: skip
     """What the engine calls before each request: exactly the LoRA files `loras` [(path, scale), ...] apply.
 
     Files already loaded (same content hash) are reused; others are loaded. Adapters not asked for stay
     loaded but inactive, up to `keep_loaded` of them (the oldest are dropped beyond that). `loras=[]`
-    turns LoRA off. A file is checked against the models before it changes any of them.
+    turns LoRA off. A file is checked against the models before it changes any of them. Returns what the
+    image metadata records, per file: {"name" (file stem), "path", "scale", "hash" (full sha256, as
+    `lora_hash`), "short_hash" (A1111's 12 characters)}.
     """
     targets = lora_models(models)
     wanted: dict[str, tuple[Path, float]] = {}
@@ -468,6 +471,16 @@ def apply_loras(models: Any, loras: Sequence[tuple[str | os.PathLike, float]], k
         unload(m, spare[: max(0, len(spare) - keep_loaded)])
         mine = [n for n in wanted if n in have]
         set_adapters(m, mine, [wanted[n][1] for n in mine])
+    return [
+        {
+            "name": p.stem,
+            "path": str(p),
+            "scale": scale,
+            "hash": lora_hash(p),
+            "short_hash": lora_short_hash(p),
+        }
+        for p, scale in wanted.values()
+    ]
 
 
 # -------------------------------------------------------------------------------- hashes, prompts, files
