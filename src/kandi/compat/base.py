@@ -18,6 +18,7 @@ from torch import nn
 
 from ..errors import CheckpointError, warn_once
 from ..pipelines.common import Placement, accelerator_device, numpy_to_pil, offload_unavailable
+from .lora import LoraLoaderMixin
 
 log = logging.getLogger(__name__)
 
@@ -29,7 +30,7 @@ _IGNORED_LOAD_KWARGS = {"low_cpu_mem_usage", "use_safetensors", "use_onnx", "for
 _HUB_KWARGS = ("revision", "cache_dir", "local_files_only", "token")
 
 
-class DiffusionPipeline:
+class DiffusionPipeline(LoraLoaderMixin):
     """Base class of kandi's diffusers-compatible pipelines (and the entry point `DiffusionPipeline.from_pretrained`)."""
 
     _components: ClassVar[tuple[str, ...]] = ()

@@ -118,6 +118,14 @@ class KandiModel(nn.Module):
             if hasattr(m, "slice_size"):
                 m.slice_size = slice_size
 
+    def load_attn_procs(self, pretrained_model_name_or_path_or_dict: Any, weight_name: str | None = None,
+                        adapter_name: str | None = None, **hub: Any) -> None:  # fmt: skip
+        """Load a LoRA into this model, as the diffusers training scripts call it (see `kandi.lora`)."""
+        from .. import lora
+
+        source = pretrained_model_name_or_path_or_dict
+        lora.load_into({"model": self}, source, weight_name, adapter_name, **hub)
+
     @classmethod
     def from_pretrained(cls, name_or_path: str, subfolder: str | None = None, **kwargs: Any) -> KandiModel:
         """Load from a diffusers-layout folder or hub id (see `kandi.loading.load_model`)."""

@@ -7,7 +7,7 @@ is done and equals what that seed makes alone. The task functions are those of `
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -31,9 +31,14 @@ def steps_per_image(models: Any, opts: Any, prior_runs: int = 1, strength: float
     return prior + steps_run(opts.steps, strength)
 
 
-def each_image(models: Any, opts: Any, task: str, **kwargs: Any) -> Iterator[Progress | Made]:
+def each_image(
+    models: Any, opts: Any, task: str | Callable[..., Iterator[Any]], **kwargs: Any
+) -> Iterator[Progress | Made]:
     """Progress events (with the image's index and the request's count) and each image as it is made."""
-    run = getattr(k3_tasks if isinstance(models, k3_tasks.K3Models) else k22_tasks, task)
+    if callable(task):  # a task function of its own, e.g. hires.hires_fix
+        run = task
+    else:
+        run = getattr(k3_tasks if isinstance(models, k3_tasks.K3Models) else k22_tasks, task)
     n = opts.num_images
     for k in range(n):
         seed = opts.seed + k
