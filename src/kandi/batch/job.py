@@ -31,12 +31,14 @@ from ..engine.requests import (
     OTHER_IMAGE_SUFFIXES,
     check_seeds,
     finite_float,
+    lora_arg,
     margins,
     pixels_int,
     positive_int,
     request_from_fields,
     seed_int,
     unit_float,
+    whole_int,
 )
 
 COMMANDS = ("generate", "img2img", "inpaint", "mix", "controlnet")
@@ -50,14 +52,14 @@ TASKS = {  # what a job's `task` may say -> the kandi command that does it
 ROLES = COMMAND_ROLES  # which decoder a command needs
 INPUTS = ("image", "mask", "hint")  # fields naming an input file
 COMMAND_FIELDS = {  # each command's own arguments (argparse names), besides the options all share
-    "generate": (),
+    "generate": ("hires", "hires_strength", "hires_steps", "hires_upscaler"),
     "img2img": ("image", "strength"),
     "inpaint": ("image", "mask", "outpaint", "strength", "paste_back", "feather"),
     "mix": ("items",),
     "controlnet": ("hint", "image", "strength"),
 }
 OPTIONS = ("prompt", "negative_prompt", "model", "prior", "width", "height", "steps", "prior_steps",
-           "guidance_scale", "prior_guidance_scale", "seed", "num_images", "scheduler")  # fmt: skip
+           "guidance_scale", "prior_guidance_scale", "seed", "num_images", "scheduler", "lora")  # fmt: skip
 ALIASES = {
     "negative": "negative_prompt",
     "guidance": "guidance_scale",
@@ -144,7 +146,17 @@ FIELDS: dict[str, Callable[[Any], Any]] = {
     "outpaint": margins,
     "items": _items,
     "output": _text,
+    "lora": lambda v: [list(lora_arg(x)) for x in (v if isinstance(v, list) and not _is_pair(v) else [v])],
+    "hires": _typed(finite_float),
+    "hires_strength": _typed(unit_float),
+    "hires_steps": _typed(whole_int),
+    "hires_upscaler": _text,
 }
+
+
+def _is_pair(v: list) -> bool:
+    """["a.safetensors", 0.8] is one LoRA; ["a.safetensors", "b.safetensors:0.5"] two."""
+    return len(v) == 2 and isinstance(v[0], str) and isinstance(v[1], int | float) and not isinstance(v[1], bool)
 
 
 def _size(value: Any) -> dict[str, int]:
@@ -324,6 +336,8 @@ def _plan_one(req: Request, fields: dict[str, Any], defaults: dict[str, Any], jo
     if "outpaint" in fields:  # the margins set the size: the job's -W/-H are not for this item
         defaults = {k: v for k, v in defaults.items() if k not in ("width", "height")}
     args = {**dict.fromkeys((*OPTIONS, *own)), **defaults, **fields}
+    if "lora" in fields and "lora" in defaults:  # a line's LoRAs add to the job's
+        args["lora"] = [*defaults["lora"], *fields["lora"]]
     args.pop("task", None)
     output = args.pop("output", None)
     args = _resolve_paths(args, job_dir)
@@ -361,6 +375,8 @@ def _resolve_paths(args: dict[str, Any], job_dir: Path) -> dict[str, Any]:
     for name in INPUTS:
         if out.get(name):
             out[name] = str((job_dir / Path(out[name]).expanduser()).absolute())
+    if out.get("lora"):
+        out["lora"] = [[str((job_dir / Path(p).expanduser()).absolute()), scale] for p, scale in out["lora"]]
     if out.get("items"):
         words = list(out["items"])
         for k in range(0, len(words), 2):
@@ -395,15 +411,22 @@ def output_names(output: str | None, index: int, n: int) -> list[str]:
 
 def _group(req: Request, opts: Any) -> tuple:
     """Text-to-image items batch with others of the same size, steps, guidance and scheduler; any other
-    item runs alone (its inputs set its size)."""
-    if req.command != "generate":
+    item runs alone (its inputs set its size; a hi-res pass or LoRAs, their own run)."""
+    if req.command != "generate" or req.args.get("hires") or req.args.get("lora"):
         return ("alone", req.index)
     return ("generate", opts.width, opts.height, opts.steps, opts.guidance_scale, opts.scheduler)
 
 
 def engine_request(req: Request) -> EngineRequest:
     """The item as an engine Request, as its kandi command would make it from the same arguments."""
-    return request_from_fields(req.command, req.args)
+    a = req.args
+    hires = {"scale": a.get("hires"), "strength": a.get("hires_strength"), "steps": a.get("hires_steps"),
+             "upscaler": a.get("hires_upscaler")}  # fmt: skip
+    hires = {k: v for k, v in hires.items() if v is not None}
+    if hires and "scale" not in hires:
+        raise ValueError("hires_strength, hires_steps and hires_upscaler go with hires (the scale)")
+    loras = [(p, s) for p, s in a.get("lora") or []] or None
+    return request_from_fields(req.command, a | {"loras": loras, "hires": hires or None})
 
 
 def _digest(req: Request) -> str:

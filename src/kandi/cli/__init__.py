@@ -11,7 +11,7 @@ import sys
 from .. import __version__
 from ..engine.console import quiet_third_party
 from ..errors import KandiError
-from . import batch, common, edit, serve
+from . import batch, common, edit, serve, upscale
 from .common import GENERATE_EXAMPLES, Command, UsageError, _Parser
 
 __all__ = ["build_parser", "commands", "main"]
@@ -19,8 +19,8 @@ __all__ = ["build_parser", "commands", "main"]
 
 def commands() -> dict[str, Command]:
     """Every subcommand in --help order."""
-    return {"generate": common.COMMANDS["generate"], **edit.COMMANDS, **batch.COMMANDS, **serve.COMMANDS,
-            "download": common.COMMANDS["download"]}  # fmt: skip
+    return {"generate": common.COMMANDS["generate"], **edit.COMMANDS, **upscale.COMMANDS, **batch.COMMANDS,
+            **serve.COMMANDS, "download": common.COMMANDS["download"]}  # fmt: skip
 
 
 def build_parser() -> argparse.ArgumentParser:

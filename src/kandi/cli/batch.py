@@ -22,6 +22,7 @@ from .common import (
     Command,
     UsageError,
     add_limit_args,
+    add_lora_args,
     dtype_name,
     finite_float,
     limits_of,
@@ -83,6 +84,7 @@ def add_batch_args(p: argparse.ArgumentParser) -> None:
     r.add_argument("--variant", help="weights variant to load, e.g. fp16")
     r.add_argument("--offline", action="store_true", help="use only the local Hugging Face cache")
     r.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    add_lora_args(g)
     add_limit_args(p.add_argument_group("limits, checked for every item before any work"))
 
 
@@ -124,6 +126,10 @@ def _run(args: argparse.Namespace, items: list[Any], output: Any) -> Any:
 
     job_seed = _job_seed(args.seed, output)
     defaults = {k: getattr(args, k) for k in DEFAULT_FIELDS if getattr(args, k) is not None}
+    if args.lora:  # the command line's paths are from here, not from the job's folder
+        defaults["lora"] = [[str(Path(p).expanduser().absolute()), scale] for p, scale in args.lora]
+    if args.lora_dir:
+        defaults["lora_dir"] = str(Path(args.lora_dir).expanduser().absolute())
     requests = plan(items, defaults, Path(args.job).expanduser().parent.absolute(), job_seed, limits_of(args))
     runtime = Runtime(args.device, args.dtype, args.variant, args.offline, args.batch_size or 0)
     show = not args.quiet and sys.stderr.isatty()

@@ -18,7 +18,7 @@ from ..configs import DEFAULT_MODEL, REGISTRY
 from ..engine import Limits, Step, plan, replay, requests
 from ..engine.console import progress_bars
 from ..engine.models import load, registered, runtime
-from ..engine.requests import OTHER_IMAGE_SUFFIXES, UsageError, request_from_fields
+from ..engine.requests import OTHER_IMAGE_SUFFIXES, UsageError, lora_arg, request_from_fields
 from ..engine.run import run, total_steps
 from ..errors import ModelNotFoundError
 from ..pngmeta import write_bytes_new
@@ -67,6 +67,7 @@ GENERATE_EXAMPLES = """examples:
 def add_generate_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("prompt", nargs="?", metavar="PROMPT", help="what to draw (optional with --from-png)")
     add_common_args(p)
+    add_hires_args(p)
 
 
 def family_defaults(attr: str) -> str:
@@ -136,8 +137,43 @@ def add_common_args(p: argparse.ArgumentParser, size_from: str | None = None) ->
         help="make FILE's image again from its metadata (kandi's, or an AUTOMATIC1111 PNG's parameters; "
         "options given here override it)",
     )
+    add_lora_args(p)
     add_limit_args(p)
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+
+
+def add_lora_args(p: Any) -> None:
+    p.add_argument("--lora", action="append", type=_arg(lora_arg), metavar="PATH[:SCALE]",
+                   help="apply a LoRA file (2.2 decoder/prior, Kandinsky 3 UNet) at SCALE (default 1); repeat "
+                   "for several")  # fmt: skip
+    p.add_argument("--lora-dir", metavar="DIR",
+                   help="where <lora:NAME:SCALE> tags of the prompt find NAME.safetensors (A1111 syntax)")  # fmt: skip
+
+
+def add_hires_args(p: Any) -> None:
+    """AUTOMATIC1111's hires fix: the image at its size, upscaled, then redrawn at the larger size."""
+    g = p.add_argument_group("hi-res pass (A1111's hires fix)")
+    g.add_argument("--hires", type=finite_float, metavar="SCALE",
+                   help="after the image is made, upscale it SCALE times and redraw it (e.g. 2)")  # fmt: skip
+    g.add_argument("--hires-strength", type=unit_float, metavar="S",
+                   help="denoising strength of the second pass (default 0.5)")  # fmt: skip
+    g.add_argument("--hires-steps", type=_arg(requests.whole_int), metavar="N",
+                   help="steps of the second pass (default 0: as many as the first)")  # fmt: skip
+    g.add_argument("--hires-upscaler", metavar="NAME",
+                   help="lanczos (default), nearest, latent, latent-bicubic, ..., or a learned upscaler's file or "
+                   "its name in --upscaler-dir")  # fmt: skip
+    g.add_argument("--upscaler-dir", metavar="DIR", help="a folder of learned upscalers (.pth, .safetensors)")
+
+
+def hires_of(args: argparse.Namespace) -> dict[str, Any] | None:
+    """The hi-res fields of the command line, or None when no --hires* option is given."""
+    given = {"scale": args.hires, "strength": args.hires_strength, "steps": args.hires_steps,
+             "upscaler": args.hires_upscaler}  # fmt: skip
+    if all(v is None for v in given.values()):
+        return None
+    if args.hires is None:
+        raise UsageError("--hires-strength, --hires-steps and --hires-upscaler go with --hires SCALE")
+    return {k: v for k, v in given.items() if v is not None}
 
 
 def add_runtime_args(p: Any) -> None:
@@ -196,7 +232,8 @@ def generate(args: argparse.Namespace) -> int:
 def run_task(args: argparse.Namespace) -> int:
     """Every drawing command: check everything, load the models, then write each image as soon as it is made."""
     recorded = _recorded(args.from_png, args.command)
-    req = request_from_fields(args.command, vars(args), recorded, args.from_png)
+    fields = vars(args) | {"loras": args.lora, "hires": hires_of(args) if hasattr(args, "hires") else None}
+    req = request_from_fields(args.command, fields, recorded, args.from_png)
     req.names = CLI_PHRASES
     p = plan(req, limits_of(args))
     seeds = [p.opts.seed + i for i in range(p.opts.num_images)]

@@ -40,6 +40,8 @@ def add_serve_args(p: argparse.ArgumentParser) -> None:
         "--max-upload-mb", type=positive_int, default=16, help="largest image upload in MB (default 16)"
     )
     p.add_argument("--no-ui", action="store_true", help="serve the API only")
+    p.add_argument("--lora-dir", metavar="DIR", help="LoRA files that requests may name (<lora:NAME:SCALE>, loras)")
+    p.add_argument("--upscaler-dir", metavar="DIR", help="learned upscalers for hi-res passes and extras")
     p.add_argument("--device", help="cpu, cuda, cuda:1, mps... (default cuda if available)")
     p.add_argument("--dtype", type=dtype_name, help="fp32, fp16 or bf16 (default fp16 on cuda, fp32 on cpu)")
     p.add_argument("--variant", help="weights variant to load, e.g. fp16")
@@ -63,7 +65,8 @@ def serve(args: argparse.Namespace) -> int:
     engine = Engine(
         args.model or None, args.device, args.dtype, args.variant, args.offline, args.prior
     ).load()
-    app = create_app(engine, args.workers, args.queue, limits, args.api_key, ui=not args.no_ui)
+    app = create_app(engine, args.workers, args.queue, limits, args.api_key, ui=not args.no_ui,
+                     lora_dir=args.lora_dir, upscaler_dir=args.upscaler_dir)  # fmt: skip
     shown = f"[{args.host}]" if ":" in args.host else args.host
     print(
         f"kandi: serving on http://{shown}:{args.port}  (UI /ui, API docs /docs)", file=sys.stderr, flush=True

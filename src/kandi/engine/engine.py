@@ -30,6 +30,7 @@ class Entry:
     spec: ModelSpec | None
     family: str | None = None  # "k21", "k22" or "k3"; known from the spec, else once loaded
     loaded: dict[str, tuple[ModelChoice, Any]] = field(default_factory=dict)  # role -> (choice, models)
+    lora_used: bool = False  # a run applied LoRAs to its models: later runs take turns with each other
 
     def defaults(self) -> dict[str, Any]:
         return defaults(self.spec, self.family)
@@ -140,7 +141,16 @@ class Engine:
             cancelled: Callable[[], bool] | None = None, info: dict[str, Any] | None = None) -> Iterator[Image]:  # fmt: skip
         model, models = self.models(label, p.role)
         p.model = model
-        yield from run(models, p, self.variant, on_step, cancelled, info)
+        entry = self.entries[label]
+        if not (p.loras or entry.lora_used):
+            yield from run(models, p, self.variant, on_step, cancelled, info)
+            return
+        # LoRAs change the shared models for the length of a run: such runs on one model take turns
+        entry.lora_used = True
+        with self._guard:
+            lock = self._locks.setdefault((label, "lora"), threading.Lock())
+        with lock:
+            yield from run(models, p, self.variant, on_step, cancelled, info)
 
 
 def _empty_cache() -> None:

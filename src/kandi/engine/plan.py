@@ -52,6 +52,10 @@ class Plan:
     prior_runs: int = 1  # prior runs per image (mix: one per text and one more), for progress totals
     strength: float = 1.0  # the share of the decoder steps run, likewise
     notes: list[str] = field(default_factory=list)
+    loras: list[tuple[str, float]] = field(default_factory=list)  # LoRA files and scales to apply
+    lora_info: list[dict[str, Any]] = field(default_factory=list)  # what the kandi chunk records of them
+    prompt: str | None = None  # the prompt the model reads, when it differs (LoRA tags taken out)
+    hires: Any = None  # hires.HiresOptions of a hi-res pass, or None
 
     @property
     def command(self) -> str:
@@ -92,8 +96,93 @@ def plan(req: Request, limits: Limits | None = None, choose: Chooser = choose_mo
     fam = family or (model.spec.family if model.spec else None)
     _check_family(fam, model.label, task.name)
     opts = _options(req, model, task, fam, limits)
-    return Plan(task.name, opts, model, task.kwargs, task.inputs, task.fields, task.prior_runs, task.strength,
-                list(req.notes))  # fmt: skip
+    p = Plan(task.name, opts, model, task.kwargs, task.inputs, task.fields, task.prior_runs, task.strength,
+             list(req.notes))  # fmt: skip
+    _loras(req, p)
+    _hires(req, p, limits)
+    return p
+
+
+def _recorded_extra(req: Request, key: str) -> Any:
+    return (((req.recorded or {}).get("options") or {}).get("extra") or {}).get(key)
+
+
+def _loras(req: Request, p: Plan) -> None:
+    """LoRAs: the request's files, else the replayed PNG's (the very same bytes), and `<lora:NAME:SCALE>`
+    tags of the prompt found in the LoRA folder; the model reads the prompt without the tags."""
+    from ..lora import extract_prompt_loras, find_lora, format_lora_hashes, lora_hash
+
+    given = [(str(path), float(scale)) for path, scale in req.loras or []]
+    recorded = [] if req.loras is not None else _recorded_extra(req, "loras") or []
+    for entry in recorded:
+        path = Path(entry.get("path", ""))
+        if not path.is_file() or lora_hash(path) != entry.get("hash"):
+            raise RequestError(f"{req.source} was made with the LoRA {path}, which is missing or has changed "
+                               "since (another hash): give it again with its scale")  # fmt: skip
+        given.append((str(path), float(entry.get("scale", 1.0))))
+    files = list(given)
+    if "<lora:" in p.opts.prompt:
+        try:
+            cleaned, tags = extract_prompt_loras(p.opts.prompt)
+            if tags and req.lora_dir is None:
+                raise ValueError("the prompt names LoRAs (<lora:NAME:SCALE>) but no LoRA folder is set (--lora-dir)")
+            files += [(str(find_lora(name, req.lora_dir)), scale) for name, scale in tags]
+        except ValueError as e:
+            raise RequestError(str(e), "prompt") from None
+        p.prompt = cleaned
+    for path, _ in files:
+        if not Path(path).is_file():
+            raise RequestError(f"LoRA file not found: {path}", "lora")
+    if not files:
+        return
+    p.loras = files
+    hashes = {path: lora_hash(path) for path, _ in files}
+    p.lora_info = [{"name": Path(f).stem, "path": str(Path(f).absolute()), "scale": s, "hash": hashes[f]} for f, s in files]
+    p.fields["Lora hashes"] = format_lora_hashes([(Path(f).stem, hashes[f][:12]) for f, _ in files])
+    if given:  # the files given (not the prompt's tags, which the prompt keeps) for --from-png
+        p.opts.extra = {**p.opts.extra, "loras": [i for i in p.lora_info if (i["path"], i["scale"]) in
+                                                   {(str(Path(f).absolute()), s) for f, s in given}]}  # fmt: skip
+
+
+def _hires(req: Request, p: Plan, limits: Limits) -> None:
+    """A1111's hires fix: the first pass at the planned size, then img2img at the target size."""
+    from dataclasses import asdict
+
+    from ..pipelines.hires import HiresOptions, hires_fields, target_size, upscaler_kind
+
+    fields = req.hires if req.hires is not None else _recorded_extra(req, "hires")
+    if not fields:
+        return
+    if p.task != "text_to_image":
+        raise UsageError("the hi-res pass applies to text to image (generate, txt2img)", "hires")
+    fields = dict(fields)
+    name = str(fields.get("upscaler") or "lanczos")
+    if upscaler_kind(name) == "model" and not fields.get("model_path"):
+        fields["model_path"] = _upscaler_file(name, req.upscaler_dir)
+    try:
+        h = HiresOptions(**{k: v for k, v in fields.items() if k in HiresOptions.__dataclass_fields__})
+        h.validate()
+    except (TypeError, ValueError) as e:
+        raise RequestError(str(e), "hires") from None
+    w, hh = target_size(p.opts.width, p.opts.height, h)
+    check_limits(limits, width=w, height=hh, steps=h.steps or None, names=req.names)
+    p.hires = h
+    p.fields.update(hires_fields(h))
+    p.opts.extra = {**p.opts.extra, "hires": asdict(h)}
+
+
+def _upscaler_file(name: str, folder: str | None) -> str:
+    """A learned upscaler named by its file (a path) or by its name in the upscaler folder."""
+    from ..upscale import list_upscalers
+
+    if Path(name).expanduser().is_file():
+        return str(Path(name).expanduser().absolute())
+    for item in list_upscalers(folder) if folder else []:
+        if item["path"] and name in (item["name"], item["key"]):
+            return item["path"]
+    where = f"in {folder}" if folder else "(no upscaler folder is set: --upscaler-dir)"
+    raise RequestError(f"unknown upscaler {name!r}: not lanczos, nearest, a latent mode, a file, or a model "
+                       f"{where}", "hires")  # fmt: skip
 
 
 def _check_family(fam: str | None, label: str | None, task: str) -> None:

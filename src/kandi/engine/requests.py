@@ -160,6 +160,7 @@ positive_int = _parser(int, lambda v: v >= 1, "a positive integer")
 finite_float = _parser(float, math.isfinite, "a finite number")
 unit_float = _parser(float, lambda v: 0 <= v <= 1, "a number from 0 to 1")
 pixels_int = _parser(int, lambda v: v >= 0, "a whole number of pixels >= 0")
+whole_int = _parser(int, lambda v: v >= 0, "a whole number >= 0")
 seed_int = _parser(int, lambda v: -1 <= v <= MAX_SEED, f"an integer from 0 to {MAX_SEED}, or -1 for random")
 NUMBERS = {  # the numeric GenerationOptions fields, checked the same way typed, read from a PNG or a job
     "width": positive_int,
@@ -305,6 +306,11 @@ class Request:
     paste_back: bool | None = None
     feather: int | None = None
     items: list[MixItem] | None = None
+    # web-UI features (any command for LoRAs; text to image for the hi-res pass)
+    loras: list[tuple[str, float]] | None = None  # LoRA files and their scales
+    lora_dir: str | None = None  # where `<lora:NAME:SCALE>` prompt tags find NAME
+    hires: dict[str, Any] | None = None  # hires.HiresOptions fields: scale, strength, steps, upscaler...
+    upscaler_dir: str | None = None  # where a hi-res pass finds a learned upscaler by name
     # replaying a PNG: its metadata (see replay.py) and where it came from
     recorded: dict[str, Any] | None = None
     source: str | None = None
@@ -368,3 +374,24 @@ def _kind(item: str) -> tuple[str, str]:
     if path.suffix.lower() in {".png", *OTHER_IMAGE_SUFFIXES}:  # a typo should not become a prompt
         raise UsageError(f"no such image file {item!r} (write text:{item} to use it as a text)", "items")
     return "text", item
+
+
+def lora_arg(value: Any) -> tuple[str, float]:
+    """A LoRA as `PATH[:SCALE]` (the scale after the last colon, so a Windows drive letter stays in the
+    path), or [path, scale] / {"path", "scale"} from a job file or JSON body."""
+    if isinstance(value, dict):
+        value = [value.get("path"), value.get("scale", 1.0)]
+    if isinstance(value, list | tuple):
+        if len(value) != 2 or not isinstance(value[0], str):
+            raise ValueError(f"expected a LoRA as PATH[:SCALE] or [path, scale], got {value!r}")
+        return value[0], finite_float(value[1])
+    text = str(value).strip()
+    path, sep, scale = text.rpartition(":")
+    if sep and path and not (len(path) == 1 and path.isalpha()):
+        try:
+            return path, finite_float(scale)
+        except ValueError:
+            pass
+    if not text:
+        raise ValueError("expected a LoRA as PATH[:SCALE], got nothing")
+    return text, 1.0

@@ -83,8 +83,9 @@ def image_info(command: str, model: ModelChoice, models: Any, scheduler: str | N
 
 
 def make_png(index: int, image: Any, opts: GenerationOptions, info: dict[str, Any],
-             fields: dict[str, Any]) -> Image:  # fmt: skip
-    text, data = describe(opts.to_dict(), info, image.size, __version__, fields)
+             fields: dict[str, Any], size: tuple[int, int] | None = None) -> Image:  # fmt: skip
+    """`size`: what `Size` says, when not the image's (a hi-res pass records the first pass's, as A1111)."""
+    text, data = describe(opts.to_dict(), info, size or image.size, __version__, fields)
     return Image(index, opts.seed, image, png_bytes(image, text, data), text)
 
 
@@ -100,7 +101,28 @@ def own_schedulers(models: Any) -> Any:
 def total_steps(models: Any, plan: Plan) -> int:
     from ..pipelines.tasks import steps_per_image
 
+    if plan.hires is not None:
+        from ..pipelines.hires import hires_steps_per_image
+
+        return hires_steps_per_image(models, plan.opts, plan.hires)
     return steps_per_image(models, plan.opts, plan.prior_runs, plan.strength)
+
+
+def apply_loras(models: Any, plan: Plan) -> None:
+    """The plan's LoRAs on the models, exactly those (none: any loaded before are switched off)."""
+    from .. import lora
+
+    if plan.loras or any(lora.adapter_names(m) for m in lora.lora_models(models).values()):
+        lora.apply_loras(models, plan.loras)
+
+
+def _task(plan: Plan) -> tuple[Any, dict[str, Any]]:
+    """The task generator and its inputs: a hi-res pass runs hires.hires_fix instead of text_to_image."""
+    if plan.hires is not None:
+        from ..pipelines.hires import hires_fix
+
+        return hires_fix, {"hires": plan.hires}
+    return plan.task, plan.kwargs
 
 
 def run(models: Any, plan: Plan, variant: str | None = None, on_step: Callable[[Step], None] | None = None,
@@ -109,25 +131,32 @@ def run(models: Any, plan: Plan, variant: str | None = None, on_step: Callable[[
     `Cancelled` at the first step after `cancelled()` turns true. `info` adds to the kandi chunk."""
     from ..pipelines.tasks import Made, each_image
 
+    apply_loras(models, plan)
     models = own_schedulers(models)
     total = total_steps(models, plan)
-    meta = image_info(plan.command, plan.model, models, plan.opts.scheduler, variant, plan.inputs) | (
-        info or {}
-    )
+    meta = _meta(plan, models, variant) | (info or {})
     made: list[Image] = []
     done = 0
-    for event in each_image(models, plan.opts, plan.task, **plan.kwargs):
+    task, kwargs = _task(plan)
+    opts = plan.opts if plan.prompt is None else replace(plan.opts, prompt=plan.prompt)
+    size = (plan.opts.width, plan.opts.height) if plan.hires is not None else None
+    for event in each_image(models, opts, task, **kwargs):
         if cancelled is not None and cancelled():
             raise Cancelled(made)
         if isinstance(event, Made):
             one = replace(plan.opts, seed=event.seed, num_images=1)
-            made.append(make_png(event.index, event.image, one, meta, plan.fields))
+            made.append(make_png(event.index, event.image, one, meta, plan.fields, size))
             done = 0
             yield made[-1]
         else:
             done += 1
             if on_step is not None:
                 on_step(Step(event.image, event.num_images, event.stage, min(done, total), total))
+
+
+def _meta(plan: Plan, models: Any, variant: str | None) -> dict[str, Any]:
+    meta = image_info(plan.command, plan.model, models, plan.opts.scheduler, variant, plan.inputs)
+    return meta | ({"loras": plan.lora_info} if plan.lora_info else {})
 
 
 def run_batch(models: Any, plans: list[Plan], variant: str | None = None,
@@ -138,6 +167,9 @@ def run_batch(models: Any, plans: list[Plan], variant: str | None = None,
     from ..pipelines.k22_batch import text_to_image_batch
     from ..pipelines.k22_tasks import Result
 
+    if any(p.loras != plans[0].loras or p.hires is not None or p.prompt is not None for p in plans):
+        raise ValueError("a decoder batch takes plain text-to-image plans of one set of LoRAs")
+    apply_loras(models, plans[0])
     images: list[Any] = []
     for event in text_to_image_batch(models, [p.opts for p in plans]):
         if isinstance(event, Result):
@@ -147,7 +179,7 @@ def run_batch(models: Any, plans: list[Plan], variant: str | None = None,
     out = []
     for p, more in zip(plans, infos or [{}] * len(plans)):
         mine, images = images[: p.opts.num_images], images[p.opts.num_images :]
-        meta = image_info(p.command, p.model, models, p.opts.scheduler, variant, p.inputs) | more
+        meta = _meta(p, models, variant) | more
         out.append([make_png(k, im, replace(p.opts, seed=p.opts.seed + k, num_images=1), meta, p.fields)
                     for k, im in enumerate(mine)])  # fmt: skip
     return out

@@ -47,14 +47,32 @@ class Txt2ImgRequest(BaseModel):
     height: int | None = Field(None, ge=8)
     override_settings: dict[str, Any] | None = None
     send_images: bool = True
+    # the hires fix (txt2img)
+    enable_hr: bool = False
+    hr_scale: float | None = Field(None, ge=1, le=8, allow_inf_nan=False)
+    hr_upscaler: str | None = None
+    hr_second_pass_steps: int | None = Field(None, ge=0)
+    hr_resize_x: int | None = Field(None, ge=0)
+    hr_resize_y: int | None = Field(None, ge=0)
+    denoising_strength: float | None = Field(None, ge=0, le=1, allow_inf_nan=False)
 
 
 class Img2ImgRequest(Txt2ImgRequest):
     init_images: list[str] | None = None
     mask: str | None = None
-    denoising_strength: float | None = Field(None, ge=0, le=1, allow_inf_nan=False)
     mask_blur: int | None = Field(None, ge=0, le=256)
     inpainting_mask_invert: int = 0
+
+
+class ExtraSingleImageRequest(BaseModel):
+    """A1111's extras (upscaling) of one image; face restoration and the second upscaler are ignored."""
+
+    model_config = ConfigDict(extra="allow")
+
+    image: str = ""
+    resize_mode: int = 0
+    upscaling_resize: float = Field(2, ge=1, le=8, allow_inf_nan=False)
+    upscaler_1: str | None = "Lanczos"
 
 
 class PngInfoRequest(BaseModel):
@@ -126,7 +144,35 @@ def a1111_routes(app: FastAPI, server: Any) -> None:
             state["model"] = _model(server, body["sd_model_checkpoint"], "sd_model_checkpoint")
         return {}
 
-    for path in ("upscalers", "sd-vae", "loras", "prompt-styles", "embeddings"):
+    @app.get("/sdapi/v1/loras", tags=["AUTOMATIC1111"], summary="the LoRA files of --lora-dir")
+    async def loras() -> list[dict[str, Any]]:
+        from ..lora import list_loras
+
+        return [{"name": x["name"], "alias": x["alias"], "path": x["path"], "metadata": {}}
+                for x in (list_loras(server.lora_dir) if server.lora_dir else [])]  # fmt: skip
+
+    @app.get("/sdapi/v1/upscalers", tags=["AUTOMATIC1111"], summary="Lanczos, Nearest and --upscaler-dir's models")
+    async def upscalers() -> list[dict[str, Any]]:
+        from ..upscale import list_upscalers
+
+        return [{"name": x["name"], "model_name": x["key"] if x["path"] else None, "model_path": x["path"],
+                 "model_url": None, "scale": None} for x in list_upscalers(server.upscaler_dir)]  # fmt: skip
+
+    @app.post("/sdapi/v1/extra-single-image", tags=["AUTOMATIC1111"], summary="A1111 extras: upscale one image")
+    async def extra_single_image(body: ExtraSingleImageRequest) -> dict[str, Any]:
+        import asyncio
+
+        from ..engine.upscaling import upscale_image
+
+        image = decode_image(body.image, "image", server.limits)
+        upscaler = body.upscaler_1 if body.upscaler_1 not in (None, "", "None") else "lanczos"
+        scale = body.upscaling_resize
+        made = await asyncio.to_thread(upscale_image, image, int(scale) if scale == int(scale) else scale, upscaler,
+                                       server.upscaler_dir, server.limits, 512, str(server.engine.device))  # fmt: skip
+        info = f"Postprocess upscale by: {int(scale)}, Postprocess upscaler: {made.upscaler}"
+        return {"html_info": f"<p>{info}</p>", "image": encode_png_base64(made.png)}
+
+    for path in ("sd-vae", "prompt-styles", "embeddings"):
         app.get(f"/sdapi/v1/{path}", tags=["AUTOMATIC1111"], summary="none in kandi")(_empty(path))
 
 
@@ -162,13 +208,23 @@ def _plan(body: Any, server: Any, current: str, img2img: bool) -> tuple[str, Pla
     seed = body.seed if body.seed is not None and body.seed >= 0 else None
     req = EngineRequest("generate", prompt=body.prompt, negative_prompt=body.negative_prompt or None, model=label,
                   width=body.width, height=body.height, steps=body.steps, guidance_scale=body.cfg_scale, seed=seed,
-                  num_images=body.batch_size * body.n_iter, scheduler=scheduler, notes=notes, names=A1111_NAMES)  # fmt: skip
+                  num_images=body.batch_size * body.n_iter, scheduler=scheduler, notes=notes, names=A1111_NAMES,
+                  lora_dir=server.lora_dir, upscaler_dir=server.upscaler_dir)  # fmt: skip
+    if body.enable_hr and not img2img:
+        req.hires = _hires(body)
     if img2img:  # unset sizes are the model's, not the input image's (A1111 clients send theirs)
         d = server.engine.entry(label).defaults()
         req.width, req.height = body.width or d["width"], body.height or d["height"]
         _img2img(body, req, server.limits)
     entry, p = server.engine.plan(req, server.limits)
     return entry.label, p
+
+
+def _hires(body: Txt2ImgRequest) -> dict[str, Any]:
+    """A1111's hires-fix fields as the engine's (A1111's defaults: scale 2, strength 0.7, Latent)."""
+    return {"scale": body.hr_scale or 2.0, "strength": 0.7 if body.denoising_strength is None else body.denoising_strength,
+            "steps": body.hr_second_pass_steps or 0, "upscaler": body.hr_upscaler or "Latent",
+            "resize_x": body.hr_resize_x or 0, "resize_y": body.hr_resize_y or 0}  # fmt: skip
 
 
 def _img2img(body: Img2ImgRequest, req: EngineRequest, limits: Any) -> None:
@@ -210,7 +266,7 @@ def _response(body: Any, req: Plan, label: str, job: Any) -> dict[str, Any]:
         "sampler_name": SAMPLERS.get(opts.scheduler or "", None) or _own_sampler(infotexts),
         "cfg_scale": opts.guidance_scale, "steps": opts.steps, "batch_size": body.batch_size,
         "restore_faces": False, "sd_model_name": label, "sd_model_hash": None,
-        "denoising_strength": req.strength if req.task != "text_to_image" else None,
+        "denoising_strength": req.hires.strength if req.hires else req.strength if req.task != "text_to_image" else None,
         "extra_generation_params": {}, "index_of_first_image": 0, "infotexts": infotexts, "styles": [],
         "job_timestamp": job.meta.get("timestamp", ""), "clip_skip": 1,
         "is_using_inpainting_conditioning": req.task == "inpaint", "version": f"kandi {__version__}",

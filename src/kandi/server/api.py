@@ -32,10 +32,11 @@ log = logging.getLogger("kandi.server")
 
 
 def create_app(engine: Engine, workers: int = 1, max_waiting: int = 16, limits: Limits | None = None,
-               api_key: str | None = None, ui: bool = True) -> FastAPI:  # fmt: skip
+               api_key: str | None = None, ui: bool = True, lora_dir: str | None = None,
+               upscaler_dir: str | None = None) -> FastAPI:  # fmt: skip
     """The whole server as an ASGI app (run it with uvicorn; tests call it in-process)."""
     limits = limits or Limits()
-    server = Server(engine, JobQueue(workers, max_waiting), limits)
+    server = Server(engine, JobQueue(workers, max_waiting), limits, lora_dir, upscaler_dir)
     app = FastAPI(title="kandi", version=__version__, docs_url=None, redoc_url=None,
                   description="Kandinsky 2.1 / 2.2 / 3 image generation: a native API, an AUTOMATIC1111-"
                   "compatible subset (/sdapi/v1) and a web UI (/ui).")  # fmt: skip
@@ -256,7 +257,7 @@ def _task_routes(app: FastAPI, server: Server, name: str, body_type: type) -> No
         as_png = _wants_png(request, format)
         if as_png and body.num_images > 1:
             raise FieldError("num_images", "a PNG response holds one image: ask for JSON to get several")
-        label, req = plan(name, body, server.engine, server.limits)
+        label, req = plan(name, body, server.engine, server.limits, server.lora_dir, server.upscaler_dir)
         job = server.submit(label, req, {"task": name})
         if stream:
             return _sse(server, job, cancel_on_close=True)
@@ -265,7 +266,7 @@ def _task_routes(app: FastAPI, server: Server, name: str, body_type: type) -> No
         return finished(job, as_png)
 
     async def enqueue(body: body_type) -> JSONResponse:  # type: ignore[valid-type]
-        label, req = plan(name, body, server.engine, server.limits)
+        label, req = plan(name, body, server.engine, server.limits, server.lora_dir, server.upscaler_dir)
         job = server.submit(label, req, {"task": name})
         links = {"status_url": f"/v1/jobs/{job.id}", "events_url": f"/v1/jobs/{job.id}/events"}
         return JSONResponse({**job.state(), **links}, status_code=202)

@@ -42,10 +42,32 @@ class _Body(BaseModel):
     seed: int | None = Field(None, ge=-1, le=MAX_SEED, description="None or -1: random (returned)")
     num_images: int = Field(1, ge=1, description="images, with seeds seed, seed+1, ...")
     scheduler: Literal["ddpm", "ddim"] | None = Field(None, description="default: the checkpoint's own")
+    loras: list[Lora] | None = Field(None, max_length=8, description="LoRAs of the server's folder, with scales "
+                                     "(or <lora:NAME:SCALE> in the prompt)")  # fmt: skip
+
+
+class Hires(BaseModel):
+    """A hi-res pass (A1111's hires fix): upscale the image, then redraw it at the larger size."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    scale: float = Field(2.0, ge=1, le=8, allow_inf_nan=False, description="how many times larger")
+    strength: float = Field(0.5, ge=0, le=1, allow_inf_nan=False, description="denoising strength")
+    steps: int = Field(0, ge=0, description="second-pass steps (0: as many as the first)")
+    upscaler: str = Field("lanczos", description="lanczos, nearest, latent, latent-bicubic..., or a model name")
+    resize_x: int = Field(0, ge=0, description="a target width instead of scale")
+    resize_y: int = Field(0, ge=0, description="a target height instead of scale")
+
+
+class Lora(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(description="a LoRA of this server's LoRA folder (GET /sdapi/v1/loras)")
+    scale: float = Field(1.0, allow_inf_nan=False)
 
 
 class Txt2ImgBody(_Body):
-    pass
+    hires: Hires | None = Field(None, description="a hi-res pass after the image is made")
 
 
 class Img2ImgBody(_Body):
@@ -113,7 +135,19 @@ BODIES: dict[str, type[_Body]] = {
 }
 
 
-def plan(name: str, body: _Body, engine: Engine, limits: Limits) -> tuple[str, Plan]:
+def _lora_file(name: str, folder: str | None) -> Any:
+    from ..lora import find_lora
+
+    if folder is None:
+        raise FieldError("loras", "this server has no LoRA folder (kandi serve --lora-dir)")
+    try:
+        return find_lora(name, folder)
+    except ValueError as e:
+        raise FieldError("loras", str(e)) from None
+
+
+def plan(name: str, body: _Body, engine: Engine, limits: Limits, lora_dir: str | None = None,
+         upscaler_dir: str | None = None) -> tuple[str, Plan]:
     """(model label, Plan) for a checked body of task `name`; FieldError names what is wrong."""
     req = Request(TASK_COMMANDS[name], **{k: v for k, v in body.model_dump(exclude_none=True).items()
                                           if k in _OPTIONS})  # fmt: skip
@@ -121,6 +155,11 @@ def plan(name: str, body: _Body, engine: Engine, limits: Limits) -> tuple[str, P
         req.seed = None
     _inputs(name, body, limits, req)
     req.names = dict(SERVER_PHRASES)
+    req.lora_dir, req.upscaler_dir = lora_dir, upscaler_dir
+    if getattr(body, "hires", None) is not None:
+        req.hires = body.hires.model_dump()
+    if body.loras:
+        req.loras = [(str(_lora_file(x.name, lora_dir)), x.scale) for x in body.loras]
     entry, p = engine.plan(req, limits)
     return entry.label, p
 

@@ -22,6 +22,8 @@ class Server:
     engine: Engine
     queue: JobQueue
     limits: Limits
+    lora_dir: str | None = None  # where <lora:NAME:SCALE> prompt tags find their files
+    upscaler_dir: str | None = None  # learned upscalers, for hi-res passes and extra-single-image
 
     def submit(self, label: str, req: Plan, meta: dict[str, Any]) -> Job:
         """A job running `req` on model `label`; QueueFull when the server is saturated."""
