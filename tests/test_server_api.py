@@ -381,8 +381,11 @@ def test_a1111_txt2img_accepts_the_whole_schema(client):
     assert info["all_seeds"] == [11, 12] and info["seed"] == 11 and len(body["images"]) == 2
     assert "Euler a" in info["comments"]["kandi"][0] and info["sampler_name"] == "DDPM"
     assert body["parameters"]["enable_hr"] is True  # echoed back, as A1111 does
+    # the hires fix is honoured: A1111's hr_* fields are the native API's `hires`
+    hires = {"scale": 2, "upscaler": "Latent", "strength": 0.7, "steps": 0}
     native = client.post("/v1/txt2img", json={"prompt": "a red cat", "seed": 12, "steps": 3, "guidance_scale": 4.0,
-                                              "width": 32, "height": 32})  # fmt: skip
+                                              "width": 32, "height": 32, "hires": hires})  # fmt: skip
+    assert png_of(body["images"][1]).size == (64, 64) and "Hires upscale: 2," in info["infotexts"][1]
     assert body["images"][1] == native.json()["images"][0]["png_base64"]
     assert png_of(body["images"][0]).text["parameters"] == info["infotexts"][0]
     ddim = client.post("/sdapi/v1/txt2img", json={**A1111_TXT2IMG, "sampler_name": "DDIM", "n_iter": 1})
@@ -430,7 +433,7 @@ def test_a1111_png_info_models_options_samplers(client):
         == "sd_model_checkpoint"
     )
     assert [s["name"] for s in client.get("/sdapi/v1/samplers").json()] == ["DDPM", "DDIM"]
-    assert client.get("/sdapi/v1/upscalers").json() == []
+    assert [u["name"] for u in client.get("/sdapi/v1/upscalers").json()] == ["Lanczos", "Nearest"]
 
 
 def test_a1111_progress_and_interrupt(engine):
@@ -441,7 +444,7 @@ def test_a1111_progress_and_interrupt(engine):
         idle = c.get("/sdapi/v1/progress").json()
         assert idle["progress"] == 0 and idle["state"]["job_count"] == 0
         answer = {}
-        slow = {**A1111_TXT2IMG, "steps": 200, "n_iter": 2}
+        slow = {**A1111_TXT2IMG, "steps": 200, "n_iter": 2, "enable_hr": False}
         t = threading.Thread(target=lambda: answer.update(r=c.post("/sdapi/v1/txt2img", json=slow)))
         t.start()
         for _ in range(300):
