@@ -7,7 +7,7 @@ import diffusers
 import pytest
 import torch
 
-from kandi.schedulers.euler import EulerAncestralDiscreteScheduler
+from kandi.schedulers.euler import EulerAncestralDiscreteScheduler, EulerDiscreteScheduler
 
 CONFIGS = Path("/work/shared/configs")
 NAMES = ["k21.scheduler.json", "k21.ddpm_scheduler.json", "k22-decoder.scheduler.json", "k3.scheduler.json"]
@@ -50,3 +50,45 @@ def test_euler_ancestral_rejects_integer_index():
     s.set_timesteps(4)
     with pytest.raises(ValueError, match="integer index"):
         s.step(torch.zeros(1), 3, torch.zeros(1))
+
+
+@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("steps", [1, 2, 3, 10, 25, 50])
+@pytest.mark.parametrize(
+    "extra",
+    [
+        {},
+        {"use_karras_sigmas": True},
+        {"timestep_spacing": "trailing"},
+        {"final_sigmas_type": "sigma_min", "timestep_spacing": "leading"},
+    ],
+)
+def test_euler_matches_diffusers(name: str, steps: int, extra: dict):
+    cfg = config(name) | extra
+    ours = EulerDiscreteScheduler.from_config(cfg)
+    ref = diffusers.EulerDiscreteScheduler.from_config(cfg)
+    ours.set_timesteps(steps)
+    ref.set_timesteps(steps)
+    torch.testing.assert_close(ours.timesteps, ref.timesteps, rtol=0, atol=0)
+    torch.testing.assert_close(ours.sigmas, ref.sigmas, rtol=0, atol=0)
+    x = torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(0)) * ref.init_noise_sigma
+    xa, xb = x.clone(), x.clone()
+    for t in ref.timesteps:
+        ia, ib = ours.scale_model_input(xa, t), ref.scale_model_input(xb, t)
+        torch.testing.assert_close(ia, ib)
+        out = torch.tanh(ib) * 0.9
+        xa = ours.step(out, t, xa).prev_sample
+        xb = ref.step(out, t, xb).prev_sample
+        torch.testing.assert_close(xa, xb, rtol=1e-5, atol=1e-4)
+
+
+def test_euler_img2img_begin_index_and_add_noise():
+    cfg = config("k22-decoder.scheduler.json")
+    ours, ref = EulerDiscreteScheduler.from_config(cfg), diffusers.EulerDiscreteScheduler.from_config(cfg)
+    for s in (ours, ref):
+        s.set_timesteps(10)
+        s.set_begin_index(4)
+    x, noise = torch.randn(1, 4, 8, 8), torch.randn(1, 4, 8, 8)
+    t = ref.timesteps[4:5]
+    torch.testing.assert_close(ours.add_noise(x, noise, t), ref.add_noise(x, noise, t))
+    torch.testing.assert_close(ours.scale_model_input(x, t), ref.scale_model_input(x, t))
