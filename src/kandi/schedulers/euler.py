@@ -101,7 +101,9 @@ class SigmaScheduler(SchedulerBase):
                 hits = [i for i, s in enumerate(self._host_ts) if s == t]
                 if not hits:
                     raise ValueError(f"timestep {t} is not in the schedule {self._host_ts}")
-                self._step_index = hits[1] if len(hits) > 1 else hits[0]
+                # diffusers takes the second of repeated timesteps (for img2img); at the very first entry
+                # that skips a step and overruns the table (its DPM++ Karras on K3 raises IndexError)
+                self._step_index = hits[1] if len(hits) > 1 and hits[0] != 0 else hits[0]
         return self._step_index
 
     def scale_model_input(self, sample: Tensor, timestep: float | Tensor | None = None) -> Tensor:
