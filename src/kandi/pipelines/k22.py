@@ -11,6 +11,7 @@ diffusers, so a seed gives diffusers' image.
 
 from __future__ import annotations
 
+import inspect
 import logging
 import threading
 from collections.abc import Iterator
@@ -119,7 +120,11 @@ def steps_run(steps: int, strength: float = 1.0) -> int:
 def schedule(scheduler: Any, steps: int, device: torch.device, strength: float = 1.0) -> torch.Tensor:
     """The timesteps to run: the last `int(steps * strength)` of a `steps`-step schedule (img2img)."""
     scheduler.set_timesteps(steps, device=device)
-    return scheduler.timesteps[steps - steps_run(steps, strength) :]
+    # a multistep or 2nd-order sampler has `order` entries per step; it starts at the begin index
+    start = (steps - steps_run(steps, strength)) * getattr(scheduler, "order", 1)
+    if hasattr(scheduler, "set_begin_index"):
+        scheduler.set_begin_index(start)
+    return scheduler.timesteps[start:]
 
 
 def prior_loop(
@@ -242,7 +247,14 @@ class Inpaint:
 
 
 def uses_learned_variance(scheduler: Any) -> bool:
-    return getattr(scheduler.config, "variance_type", None) in ("learned", "learned_range")
+    """Only DDPM samples with the predicted variance; every other sampler gets the eps half alone."""
+    learned = getattr(scheduler.config, "variance_type", None) in ("learned", "learned_range")
+    return learned and type(scheduler).__name__ == "DDPMScheduler"
+
+
+def step_kwargs(scheduler: Any, generator: Generator) -> dict[str, Any]:
+    """`generator=` only for samplers whose step takes one (diffusers passes it to all, and UniPC raises)."""
+    return {"generator": generator} if "generator" in inspect.signature(scheduler.step).parameters else {}
 
 
 def decoder_loop(
@@ -279,6 +291,7 @@ def decoder_loop(
     cond, cond_src = unet.condition(emb, hint=hint, **tkw), emb
     ts_host = ts.tolist()  # python ints for the scheduler (no sync); the UNet takes the device tensor
     learned, channels = uses_learned_variance(scheduler), latents.shape[1]
+    draw = step_kwargs(scheduler, generator)
     s = DecoderState(-1, ts[0] if len(ts) else None, latents, emb, negative_image_embeds, len(ts))
     if inpaint is not None:
         rows = (latents.shape[0], -1, -1, -1)
@@ -292,7 +305,8 @@ def decoder_loop(
                 unet.condition(s.image_embeds.to(device, dtype), hint=hint, **tkw),
                 s.image_embeds,
             )
-        x = torch.cat([s.latents] * 2) if guided else s.latents
+        x = scheduler.scale_model_input(s.latents, ts_host[i])
+        x = torch.cat([x] * 2) if guided else x
         if inpaint is not None:
             x = torch.cat([x, s.masked_image, s.mask_image], dim=1)
         pred = unet.denoise(x, t, cond)
@@ -300,7 +314,7 @@ def decoder_loop(
             pred = guide(pred, guidance_scale, channels, keep_variance=learned)
         elif not learned:
             pred = pred[:, :channels]
-        s.latents = scheduler.step(pred, ts_host[i], s.latents, generator=generator)[0]
+        s.latents = scheduler.step(pred, ts_host[i], s.latents, **draw)[0]
         if inpaint is not None and inpaint.reinject:
             s.latents = _reinject(
                 scheduler, inpaint, s.latents, ts_host[i + 1] if i + 1 < len(ts_host) else None
