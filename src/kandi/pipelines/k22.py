@@ -423,14 +423,14 @@ def decoder_job(
     sf = 2 ** (len(movq.config.block_out_channels) - 1)
     shape = (b * n, movq.config.latent_channels, size[0] // sf, size[1] // sf)
     per_latent = lambda x, name: x if x.shape[0] == 1 else match_batch(x, b, name).repeat_interleave(n, dim=0)  # noqa: E731
-    sigma, dtype = scheduler.init_noise_sigma, unet.dtype
+    dtype = unet.dtype  # init_noise_sigma is read after set_timesteps: sigma samplers change it there
     inpaint = None
     if keep is not None:
         known = encode(movq, image.to(device), placement)
         grown = grow_repaint(F.interpolate(keep.to(device, known.dtype), known.shape[-2:], mode="nearest"))
         known, grown = per_latent(known, "image"), per_latent(grown, "mask")
         ts = schedule(scheduler, steps, device, strength)
-        x = initial_latents(shape, generator, device, dtype, latents, sigma)
+        x = initial_latents(shape, generator, device, dtype, latents, scheduler.init_noise_sigma)
         noise = x.clone()
         if strength < 1:  # start from the image noised to the first step (as img2img), or the image itself
             x = scheduler.add_noise(known, noise, ts[:1].repeat(shape[0])) if len(ts) else known.expand(shape)
@@ -441,12 +441,13 @@ def decoder_job(
         if not len(ts):
             x = x0
         elif k21:
-            x = k21_noised_latents(x0, strength, scheduler.config.num_train_timesteps, sigma, generator)
+            num_train, sigma = scheduler.config.num_train_timesteps, scheduler.init_noise_sigma
+            x = k21_noised_latents(x0, strength, num_train, sigma, generator)
         else:
             x = noised_latents(scheduler, x0, ts, generator)[0]
     else:
         ts = schedule(scheduler, steps, device)
-        x = initial_latents(shape, generator, device, dtype, latents, sigma)
+        x = initial_latents(shape, generator, device, dtype, latents, scheduler.init_noise_sigma)
     if hint is not None:
         hint = match_batch(hint, b, "hint").repeat_interleave(n, dim=0)
     emb, neg = image_embeds.repeat_interleave(n, dim=0), negative_image_embeds.repeat_interleave(n, dim=0)
