@@ -210,19 +210,18 @@ def test_ddim_options(options: dict, step_options: dict):
 
 
 def test_ddim_zero_snr_eta_one_stays_finite():
-    """At eta=1 on a zero-SNR schedule 1 - a_prev - sigma^2 rounds below 0: diffusers returns NaN, kandi clamps."""
+    """At eta=1 on a zero-SNR schedule 1 - a_prev - sigma^2 can round below 0 (diffusers may return NaN there,
+    depending on the CPU's rounding); kandi clamps and stays finite."""
     options = {
         "rescale_betas_zero_snr": True,
         "prediction_type": "v_prediction",
         "timestep_spacing": "trailing",
     }
-    ours, ref = ks.DDIMScheduler(**options), diffusers.DDIMScheduler(**options)
+    ours = ks.DDIMScheduler(**options)
     ours.set_timesteps(10)
-    ref.set_timesteps(10)
     x, out = torch.randn(LATENTS), fake_model(torch.randn(LATENTS), 999, False)
-    b = ref.step(out, 999, x, eta=1.0, generator=torch.Generator().manual_seed(0))
     a = ours.step(out, 999, x, eta=1.0, generator=torch.Generator().manual_seed(0))
-    assert torch.isnan(b.prev_sample).any() and torch.isfinite(a.prev_sample).all()
+    assert torch.isfinite(a.prev_sample).all()
     # the direction term is exactly 0 there: x_prev = sqrt(a_prev) x0 + sigma * noise
     noise = torch.randn(LATENTS, generator=torch.Generator().manual_seed(0))
     a_prev = ours.alphas_cumprod[899]

@@ -99,7 +99,7 @@ class GenerationOptions:
     prior_guidance_scale: float = 4.0
     seed: int | None = None
     num_images: int = 1
-    scheduler: str | None = None  # None: the checkpoint's own; "ddpm" or "ddim"
+    scheduler: str | None = None  # None: the checkpoint's own; else a sampler name (schedulers.names)
     extra: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:

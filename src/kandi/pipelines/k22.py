@@ -11,6 +11,7 @@ diffusers, so a seed gives diffusers' image.
 
 from __future__ import annotations
 
+import inspect
 import logging
 import threading
 from collections.abc import Iterator
@@ -127,7 +128,11 @@ def steps_run(steps: int, strength: float = 1.0) -> int:
 def schedule(scheduler: Any, steps: int, device: torch.device, strength: float = 1.0) -> torch.Tensor:
     """The timesteps to run: the last `int(steps * strength)` of a `steps`-step schedule (img2img)."""
     scheduler.set_timesteps(steps, device=device)
-    return scheduler.timesteps[steps - steps_run(steps, strength) :]
+    # a multistep or 2nd-order sampler has `order` entries per step; it starts at the begin index
+    start = (steps - steps_run(steps, strength)) * getattr(scheduler, "order", 1)
+    if hasattr(scheduler, "set_begin_index"):
+        scheduler.set_begin_index(start)
+    return scheduler.timesteps[start:]
 
 
 def prior_loop(
@@ -249,7 +254,14 @@ class Inpaint:
 
 
 def uses_learned_variance(scheduler: Any) -> bool:
-    return getattr(scheduler.config, "variance_type", None) in ("learned", "learned_range")
+    """Only DDPM samples with the predicted variance; every other sampler gets the eps half alone."""
+    learned = getattr(scheduler.config, "variance_type", None) in ("learned", "learned_range")
+    return learned and type(scheduler).__name__ == "DDPMScheduler"
+
+
+def step_kwargs(scheduler: Any, generator: Generator) -> dict[str, Any]:
+    """`generator=` only for samplers whose step takes one (diffusers passes it to all, and UniPC raises)."""
+    return {"generator": generator} if "generator" in inspect.signature(scheduler.step).parameters else {}
 
 
 def decoder_loop(
@@ -286,6 +298,7 @@ def decoder_loop(
     cond, cond_src = unet.condition(emb, hint=hint, **tkw), emb
     ts_host = ts.tolist()  # python ints for the scheduler (no sync); the UNet takes the device tensor
     learned, channels = uses_learned_variance(scheduler), latents.shape[1]
+    draw = step_kwargs(scheduler, generator)
     s = DecoderState(-1, ts[0] if len(ts) else None, latents, emb, negative_image_embeds, len(ts))
     if inpaint is not None:
         rows = (latents.shape[0], -1, -1, -1)
@@ -299,7 +312,8 @@ def decoder_loop(
                 unet.condition(s.image_embeds.to(device, dtype), hint=hint, **tkw),
                 s.image_embeds,
             )
-        x = torch.cat([s.latents] * 2) if guided else s.latents
+        x = scheduler.scale_model_input(s.latents, ts_host[i])
+        x = torch.cat([x] * 2) if guided else x
         if inpaint is not None:
             x = torch.cat([x, s.masked_image, s.mask_image], dim=1)
         pred = unet.denoise(x, t, cond)
@@ -307,7 +321,7 @@ def decoder_loop(
             pred = guide(pred, guidance_scale, channels, keep_variance=learned)
         elif not learned:
             pred = pred[:, :channels]
-        s.latents = scheduler.step(pred, ts_host[i], s.latents, generator=generator)[0]
+        s.latents = scheduler.step(pred, ts_host[i], s.latents, **draw)[0]
         if inpaint is not None and inpaint.reinject:
             s.latents = _reinject(
                 scheduler, inpaint, s.latents, ts_host[i + 1] if i + 1 < len(ts_host) else None
@@ -416,14 +430,14 @@ def decoder_job(
     sf = 2 ** (len(movq.config.block_out_channels) - 1)
     shape = (b * n, movq.config.latent_channels, size[0] // sf, size[1] // sf)
     per_latent = lambda x, name: x if x.shape[0] == 1 else match_batch(x, b, name).repeat_interleave(n, dim=0)  # noqa: E731
-    sigma, dtype = scheduler.init_noise_sigma, unet.dtype
+    dtype = unet.dtype  # init_noise_sigma is read after set_timesteps: sigma samplers change it there
     inpaint = None
     if keep is not None:
         known = encode(movq, image.to(device), placement)
         grown = grow_repaint(F.interpolate(keep.to(device, known.dtype), known.shape[-2:], mode="nearest"))
         known, grown = per_latent(known, "image"), per_latent(grown, "mask")
         ts = schedule(scheduler, steps, device, strength)
-        x = initial_latents(shape, generator, device, dtype, latents, sigma)
+        x = initial_latents(shape, generator, device, dtype, latents, scheduler.init_noise_sigma)
         noise = x.clone()
         if strength < 1:  # start from the image noised to the first step (as img2img), or the image itself
             x = scheduler.add_noise(known, noise, ts[:1].repeat(shape[0])) if len(ts) else known.expand(shape)
@@ -434,12 +448,13 @@ def decoder_job(
         if not len(ts):
             x = x0
         elif k21:
-            x = k21_noised_latents(x0, strength, scheduler.config.num_train_timesteps, sigma, generator)
+            num_train, sigma = scheduler.config.num_train_timesteps, scheduler.init_noise_sigma
+            x = k21_noised_latents(x0, strength, num_train, sigma, generator)
         else:
             x = noised_latents(scheduler, x0, ts, generator)[0]
     else:
         ts = schedule(scheduler, steps, device)
-        x = initial_latents(shape, generator, device, dtype, latents, sigma)
+        x = initial_latents(shape, generator, device, dtype, latents, scheduler.init_noise_sigma)
     if hint is not None:
         hint = match_batch(hint, b, "hint").repeat_interleave(n, dim=0)
     emb, neg = image_embeds.repeat_interleave(n, dim=0), negative_image_embeds.repeat_interleave(n, dim=0)

@@ -344,11 +344,9 @@ def _prior(m: K22Models, opts: Any, g: torch.Generator, device: torch.device) ->
 
 
 def _decoder_scheduler(default: Any, name: str | None) -> Any:
+    """The checkpoint's scheduler, or the sampler `name` (A1111 or class name) over its config."""
     if name is None:
         return default
-    from .. import schedulers
+    from ..schedulers.names import make_sampler
 
-    classes = {"ddpm": schedulers.DDPMScheduler, "ddim": schedulers.DDIMScheduler}
-    if name.lower() not in classes:
-        raise ValueError(f"unknown scheduler {name!r}; choose one of {sorted(classes)}")
-    return classes[name.lower()].from_config(default.config)
+    return make_sampler(name, default.config)

@@ -19,7 +19,7 @@ import torch
 
 from .common import Placement
 from .images import match_batch
-from .k22 import Generator, encode, tokenize
+from .k22 import Generator, encode, step_kwargs, tokenize
 
 T5_TOKENS = 128  # Kandinsky 3 pads and cuts prompts to 128 T5 tokens
 LATENT_FACTOR = 8  # diffusers sizes Kandinsky 3 latents with a fixed factor 8 (the real MoVQ's)
@@ -179,16 +179,18 @@ def denoise_loop(
                 text.negative_mask, len(ts))  # fmt: skip
     cond, src = unet.condition(embeds, mask), (embeds, mask)
     ts_host = ts.tolist()  # python ints for the scheduler: no device sync per step
+    draw = step_kwargs(scheduler, generator)
     for i, t in enumerate(ts):
         if s.prompt_embeds is not src[0] or s.attention_mask is not src[1]:  # a callback replaced them
             src = (s.prompt_embeds, s.attention_mask)
             cond = unet.condition(s.prompt_embeds, s.attention_mask.bool())
-        x = torch.cat([s.latents] * 2) if guided else s.latents
+        x = scheduler.scale_model_input(s.latents, ts_host[i])
+        x = torch.cat([x] * 2) if guided else x
         pred = unet.denoise(x, t, cond)
         if guided:
             u, c = pred.chunk(2)
             pred = (guidance_scale + 1.0) * c - guidance_scale * u
-        s.latents = scheduler.step(pred, ts_host[i], s.latents, generator=generator)[0]
+        s.latents = scheduler.step(pred, ts_host[i], s.latents, **draw)[0]
         s.i, s.t = i, t
         yield s
     return s.latents

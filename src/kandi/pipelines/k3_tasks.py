@@ -64,8 +64,8 @@ def text_to_image(m: K3Models, opts: Any) -> Iterator[Progress | Result]:
 
     def one(g: torch.Generator, k: int, n: int):
         text, scheduler = _text(m, opts), _decoder_scheduler(m.scheduler, opts.scheduler)
+        ts = schedule(scheduler, opts.steps, m.device)  # before init_noise_sigma: set_timesteps changes it
         x = initial_latents(shape, g, m.device, m.unet.dtype, None, scheduler.init_noise_sigma)
-        ts = schedule(scheduler, opts.steps, m.device)
         return (yield from _finish(m, opts, text, scheduler, ts, x, g, k, n, raw_pt=True))
 
     yield from _each_seed(opts, one)

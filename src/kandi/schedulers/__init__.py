@@ -8,6 +8,8 @@ from .base import FrozenConfig, SchedulerOutput
 from .common import X0Rule, add_noise, clip_x0, dynamic_threshold, predict_eps, predict_x0
 from .ddim import DDIMScheduler, ddim_step
 from .ddpm import DDPMScheduler, ddpm_noise_scale, ddpm_step
+from .dpm import DPMSolverMultistepScheduler
+from .euler import EulerAncestralDiscreteScheduler, EulerDiscreteScheduler
 from .noise import randn
 from .schedules import (
     alphas_cumprod,
@@ -25,6 +27,9 @@ from .unclip import UnCLIPScheduler, unclip_noise_scale, unclip_step
 __all__ = [
     "DDIMScheduler",
     "DDPMScheduler",
+    "DPMSolverMultistepScheduler",
+    "EulerAncestralDiscreteScheduler",
+    "EulerDiscreteScheduler",
     "FrozenConfig",
     "SchedulerOutput",
     "UnCLIPScheduler",

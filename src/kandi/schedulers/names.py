@@ -1,0 +1,130 @@
+"""The sampler vocabulary: AUTOMATIC1111 names, diffusers class names and k-diffusion aliases.
+
+`make_sampler("DPM++ 2M Karras", pipe_scheduler_config)` builds the scheduler a shell asks for over a
+pipeline's own base config (betas, steps_offset, ...), as diffusers' `X.from_config(pipe.scheduler.config)`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from .base import SchedulerBase
+from .ddim import DDIMScheduler
+from .ddpm import DDPMScheduler
+from .dpm import DPMSolverMultistepScheduler
+from .euler import EulerAncestralDiscreteScheduler, EulerDiscreteScheduler
+
+# A1111's separate `scheduler` field; "Automatic" (or none) keeps what the sampler name says.
+SCHEDULE_TYPES = ("Automatic", "Karras")
+
+
+@dataclass(frozen=True)
+class Sampler:
+    name: str  # the A1111 name
+    cls: type[SchedulerBase]
+    overrides: Mapping[str, Any] = field(default_factory=dict)
+    aliases: tuple[str, ...] = ()
+    karras: bool = False  # whether A1111's scheduler="Karras" applies
+
+
+SAMPLERS: tuple[Sampler, ...] = (
+    Sampler("DDPM", DDPMScheduler, {}, ("DDPMScheduler", "ddpm")),
+    Sampler("DDIM", DDIMScheduler, {}, ("DDIMScheduler", "ddim")),
+    Sampler(
+        "DPM++ 2M",
+        DPMSolverMultistepScheduler,
+        {},
+        ("DPMSolverMultistepScheduler", "k_dpmpp_2m", "dpmpp_2m"),
+        True,
+    ),
+    Sampler("DPM++ 2M Karras", DPMSolverMultistepScheduler, {"use_karras_sigmas": True}, ("k_dpmpp_2m_ka",)),
+    Sampler(
+        "DPM++ 2M SDE",
+        DPMSolverMultistepScheduler,
+        {"algorithm_type": "sde-dpmsolver++"},
+        ("k_dpmpp_2m_sde", "dpmpp_2m_sde"),
+        True,
+    ),
+    Sampler(
+        "DPM++ 2M SDE Karras",
+        DPMSolverMultistepScheduler,
+        {"algorithm_type": "sde-dpmsolver++", "use_karras_sigmas": True},
+        ("k_dpmpp_2m_sde_ka",),
+    ),
+    Sampler("Euler", EulerDiscreteScheduler, {}, ("EulerDiscreteScheduler", "k_euler", "euler"), True),
+    Sampler(
+        "Euler a",
+        EulerAncestralDiscreteScheduler,
+        {},
+        ("EulerAncestralDiscreteScheduler", "k_euler_a", "euler_ancestral"),
+    ),
+)
+
+
+def _lookup() -> dict[str, Sampler]:
+    table: dict[str, Sampler] = {}
+    for s in SAMPLERS:
+        for key in (s.name, *s.aliases):
+            table[key.casefold()] = s
+    return table
+
+
+def _find(name: str) -> Sampler:
+    if not isinstance(name, str):
+        raise ValueError(f"sampler name must be a string, got {name!r}")
+    hit = _lookup().get(name.strip().casefold())
+    if hit is None:
+        known = ", ".join(s.name for s in SAMPLERS)
+        raise ValueError(
+            f"unknown sampler {name!r}; known samplers: {known} (or their diffusers class names)"
+        )
+    return hit
+
+
+def make_sampler(name: str, base_config: Mapping[str, Any], scheduler: str | None = None) -> SchedulerBase:
+    """The scheduler `name` (A1111 or class name, any case) over a pipeline's base scheduler config.
+
+    `scheduler` is A1111's schedule type: None or "Automatic" keeps the name's sigmas, "Karras" switches
+    a sampler that has them to Karras sigmas; anything else is a ValueError.
+    """
+    s = _find(name)
+    overrides = dict(s.overrides)
+    kind = "automatic" if scheduler is None else str(scheduler).strip().casefold()
+    if kind == "karras":
+        if not (s.karras or overrides.get("use_karras_sigmas")):
+            raise ValueError(f"sampler {s.name!r} has no Karras schedule; use scheduler='Automatic'")
+        overrides["use_karras_sigmas"] = True
+    elif kind != "automatic":
+        raise ValueError(
+            f"unknown scheduler {scheduler!r}; known schedule types: {', '.join(SCHEDULE_TYPES)}"
+        )
+    return s.cls.from_config(dict(base_config), **overrides)
+
+
+def sampler_names() -> list[dict[str, Any]]:
+    """What /sdapi/v1/samplers lists: name, aliases and options, for each sampler kandi has."""
+    return [
+        {"name": s.name, "aliases": list(s.aliases), "options": {k: str(v) for k, v in s.overrides.items()}}
+        for s in SAMPLERS
+    ]
+
+
+def a1111_name(scheduler: SchedulerBase) -> str:
+    """The A1111 sampler name of a scheduler object, for the PNG `parameters` chunk."""
+    cfg = scheduler.config
+    best: Sampler | None = None
+    for s in SAMPLERS:
+        if isinstance(scheduler, s.cls) and all(cfg.get(k) == v for k, v in s.overrides.items()):
+            if best is None or len(s.overrides) > len(best.overrides):
+                best = s
+    if best is None:
+        raise ValueError(f"{type(scheduler).__name__} has no A1111 name")
+    if (
+        best.cls is DPMSolverMultistepScheduler
+        and cfg.get("use_karras_sigmas")
+        and not best.overrides.get("use_karras_sigmas")
+    ):
+        return best.name + " Karras"
+    return best.name

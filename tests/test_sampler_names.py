@@ -1,0 +1,42 @@
+"""The sampler vocabulary: A1111 names, class names, schedule types, errors, round trip to the PNG name."""
+
+import json
+from pathlib import Path
+
+import pytest
+
+from kandi.schedulers import names
+from kandi.schedulers.dpm import DPMSolverMultistepScheduler
+from kandi.schedulers.euler import EulerAncestralDiscreteScheduler
+
+BASE = json.loads(Path("/work/shared/configs/k22-decoder.scheduler.json").read_text())
+
+
+@pytest.mark.parametrize("entry", names.sampler_names(), ids=lambda e: e["name"])
+def test_every_name_round_trips(entry):
+    for key in [entry["name"], entry["name"].upper(), *entry["aliases"]]:
+        s = names.make_sampler(key, BASE)
+        assert s.config.beta_start == BASE["beta_start"] and s.config.steps_offset == 1
+        assert names.a1111_name(s) == entry["name"]
+
+
+def test_schedule_type_karras():
+    s = names.make_sampler("DPM++ 2M", BASE, scheduler="Karras")
+    assert isinstance(s, DPMSolverMultistepScheduler) and s.config.use_karras_sigmas
+    assert names.a1111_name(s) == "DPM++ 2M Karras"
+    assert not names.make_sampler("DPM++ 2M", BASE, scheduler="Automatic").config.use_karras_sigmas
+
+
+def test_class_name_case_insensitive():
+    assert isinstance(
+        names.make_sampler("eulerancestraldiscretescheduler", BASE), EulerAncestralDiscreteScheduler
+    )
+
+
+def test_unknown_names_are_value_errors_listing_the_known():
+    with pytest.raises(ValueError, match="DPM\\+\\+ 2M Karras"):
+        names.make_sampler("Restart", BASE)
+    with pytest.raises(ValueError, match="Karras"):
+        names.make_sampler("Euler a", BASE, scheduler="Karras")
+    with pytest.raises(ValueError, match="schedule types"):
+        names.make_sampler("Euler", BASE, scheduler="Polyexponential")
