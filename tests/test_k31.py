@@ -1,0 +1,143 @@
+"""Kandinsky 3.1 (ai-forever's base, Flash and inpainting checkpoints): loading and equality with the
+original code's outputs (tests/data/k31_golden.safetensors, written by bench/k31_golden.py)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import k31_tiny as tiny
+import numpy as np
+import pytest
+import torch
+from safetensors import safe_open
+from safetensors.torch import load_file
+
+from kandi.errors import CheckpointError
+from kandi.loading import k31 as L
+from kandi.models.movq import MoVQ
+from kandi.models.unet3 import UNet3
+
+
+@pytest.fixture(scope="module")
+def manifests() -> dict:
+    return tiny.manifests()
+
+
+@pytest.fixture(scope="module")
+def golden() -> dict[str, torch.Tensor]:
+    return load_file(str(tiny.GOLDEN))
+
+
+@pytest.fixture(scope="module")
+def root(tmp_path_factory, manifests) -> Path:
+    return tiny.write_folder(tmp_path_factory.mktemp("k31"), manifests)
+
+
+def close(a: torch.Tensor, b: torch.Tensor, scale: float = 1e-4) -> None:
+    """Equal up to float reassociation (einsum vs SDPA): atol relative to the size of the values."""
+    torch.testing.assert_close(a.float(), b.float(), rtol=1e-4, atol=scale * max(1.0, float(b.abs().max())))
+
+
+def _meta(manifest: dict[str, list[int]]) -> dict[str, torch.Tensor]:
+    return {k: torch.empty(s, device="meta") for k, s in manifest.items()}
+
+
+def test_golden_records_the_original_commit() -> None:
+    with safe_open(str(tiny.GOLDEN), "pt") as f:
+        assert f.metadata()["source"] == "ai-forever/Kandinsky-3@a4c9e92e4d9b2a57081b7e33a2e82373c99ddbfc"
+
+
+@pytest.mark.parametrize("name", ["full_unet", "full_unet9"])
+def test_full_size_unet_key_map_covers_every_key(manifests, name: str) -> None:
+    sd = _meta(manifests[name])
+    proj = _meta({"0.weight": [4096, 4096], "1.weight": [4096], "1.bias": [4096]})
+    cfg = L.unet_config(sd, proj, name)
+    assert cfg.block_out_channels == (384, 768, 1536, 3072) and cfg.layers_per_block == 3
+    assert (cfg.in_channels, cfg.latent_channels) == ((9, 4) if name.endswith("9") else (4, 4))
+    assert (cfg.time_embedding_dim, cfg.cross_attention_dim, cfg.encoder_hid_dim) == (1536, 4096, 4096)
+    with torch.device("meta"):
+        model = UNet3(cfg)
+    converted = L.convert_unet(sd, proj)
+    assert len(converted) == len(sd) + 3  # one-to-one: no two original keys land on one name
+    ours = {k: list(v.shape) for k, v in model.state_dict().items()}
+    assert ours == {k: list(v.shape) for k, v in converted.items()}
+    L.assign_strict(model, converted, name, None)  # the strict check the loader runs
+
+
+def test_full_size_movq_key_map_covers_every_key(manifests) -> None:
+    sd = _meta(manifests["full_movq"])
+    cfg = L.movq_config(sd, "movq")
+    assert cfg.block_out_channels == (256, 512, 512, 1024) and cfg.layers_per_block == 2
+    assert cfg.down_block_types[-1] == "AttnDownEncoderBlock2D" and cfg.up_block_types[0] == "AttnUpDecoderBlock2D"
+    with torch.device("meta"):
+        model = MoVQ(cfg)
+    converted = L.convert_movq(sd)
+    assert len(converted) == len(sd)
+    ours = {k: list(v.shape) for k, v in model.state_dict().items() if k != "quantize.embedding.weight"}
+    assert ours == {k: list(v.shape) for k, v in converted.items()}
+
+
+def test_full_size_matches_the_diffusers_layout_of_kandinsky3(manifests) -> None:
+    """The same UNet and MoVQ as kandinsky-community/kandinsky-3 (its key manifests in tests/data/configs)."""
+    import json
+
+    folder = Path(__file__).parent / "data" / "configs" / "manifests"
+    if not (folder / "k3.unet.shapes.json").is_file():
+        pytest.skip("no diffusers-layout manifests in tests/data/configs")
+    proj = _meta({"0.weight": [4096, 4096], "1.weight": [4096], "1.bias": [4096]})
+    ours = {k: list(v.shape) for k, v in L.convert_unet(_meta(manifests["full_unet"]), proj).items()}
+    assert ours == json.loads((folder / "k3.unet.shapes.json").read_text())
+
+
+def test_loads_tiny_checkpoints_strictly(root) -> None:
+    for variant, cin in (("base", 4), ("flash", 4), ("inpainting", 9)):
+        unet, null = L.load_unet(root, variant)
+        assert unet.config.in_channels == cin and unet.config.latent_channels == 4
+        assert unet.config.block_out_channels == (64, 128, 128, 128) and null.shape == (32,)
+        assert not any(p.is_meta for p in unet.parameters())
+    movq = L.load_movq(root)
+    assert movq.config.block_out_channels == (32, 64, 64, 128)
+
+
+def test_strict_errors_name_the_file(root, tmp_path) -> None:
+    bad = tmp_path / "bad"
+    (bad / "weights" / "flan_ul2_encoder").mkdir(parents=True)
+    ck = torch.load(root / L.VARIANTS["base"].unet_file, weights_only=True)
+    ck["unet"]["extra.weight"] = torch.zeros(1)
+    torch.save(ck, bad / L.VARIANTS["base"].unet_file)
+    torch.save(torch.load(root / L.VARIANTS["base"].projection_file), bad / L.VARIANTS["base"].projection_file)
+    with pytest.raises(CheckpointError, match=r"kandinsky3\.pt.*1 unexpected \(e\.g\. extra\.weight\)"):
+        L.load_unet(bad, "base")
+    del ck["unet"]["extra.weight"], ck["unet"]["in_layer.bias"]
+    torch.save(ck, bad / L.VARIANTS["base"].unet_file)
+    with pytest.raises(CheckpointError, match="1 missing .*conv_in.bias"):
+        L.load_unet(bad, "base")
+    with pytest.raises(CheckpointError, match="missing Kandinsky 3.1 file .*movq.pt"):
+        L.load_movq(bad)
+    with pytest.raises(ValueError, match="unknown Kandinsky 3.1 model 'turbo'; accepted: base, flash, inpainting"):
+        L.load_unet(root, "turbo")
+
+
+def test_unet_equals_the_original(root, golden) -> None:
+    for key, variant in (("unet", "base"), ("unet9", "inpainting")):
+        unet, _ = L.load_unet(root, variant)
+        with torch.no_grad():
+            cond = unet.condition_projected(golden["unet_ctx"], golden["unet_mask"])
+            out = unet.denoise(golden[f"{key}_x"], golden["unet_t"], cond)
+        close(out, golden[f"{key}_out"])
+
+
+def test_movq_equals_the_original(root, golden) -> None:
+    movq = L.load_movq(root)
+    with torch.no_grad():
+        dec = movq.decode(golden["movq_z"], force_not_quantize=True).sample
+        enc = movq.encode(golden["movq_image"]).latents
+    close(dec, golden["movq_decoded"])
+    close(enc, golden["movq_encoded"])
+
+
+def test_needed_files_are_one_models() -> None:
+    files = L.needed_files("flash")
+    assert "weights/kandinsky3_flash.pt" in files and "weights/flan_ul2_encoder/projection_flash.pt" in files
+    assert not any(f.endswith(("kandinsky3.pt", "inpainting.pt", "projection.pt")) for f in files)
+    assert not np.any([f.endswith("*.pt") for f in files])  # no glob pulls the other projections in
