@@ -141,3 +141,72 @@ def test_needed_files_are_one_models() -> None:
     assert "weights/kandinsky3_flash.pt" in files and "weights/flan_ul2_encoder/projection_flash.pt" in files
     assert not any(f.endswith(("kandinsky3.pt", "inpainting.pt", "projection.pt")) for f in files)
     assert not np.any([f.endswith("*.pt") for f in files])  # no glob pulls the other projections in
+
+
+# ------------------------------------------------------------------------------- samplers vs original
+
+
+@pytest.fixture(scope="module")
+def models(root):
+    from kandi.pipelines.k31_tasks import K31Models
+
+    return {v: K31Models.load(str(root), v) for v in ("base", "flash", "inpainting")}
+
+
+def _image(x: torch.Tensor) -> torch.Tensor:
+    from kandi.pipelines import k31
+
+    return torch.from_numpy(np.asarray(k31.to_uint8_pil(x)[0]).copy())
+
+
+def _images_close(ours: torch.Tensor, ref: torch.Tensor) -> None:
+    """uint8 images equal up to a few levels where the latents' float differences cross truncation steps."""
+    d = (ours.int() - ref.int()).abs()
+    assert d.max() <= 4 and d.float().mean() < 0.25
+
+
+@pytest.mark.parametrize(
+    "run,variant,seed,kwargs",
+    [
+        ("flash", "flash", 0, dict(steps=None, guidance_scale=None, negative=None)),
+        ("base", "base", 1, dict(steps=6, guidance_scale=3.0, negative=None)),
+        ("base_neg", "base", 2, dict(steps=2, guidance_scale=3.0, negative=tiny.NEGATIVE)),
+    ],
+)
+def test_text_to_image_equals_the_original(models, golden, run, variant, seed, kwargs) -> None:
+    from kandi.pipelines import k31_tasks as T
+
+    m = models[variant]
+    job = T.text_to_image_latents(m, tiny.PROMPT, kwargs["negative"], 1, 64, 64, kwargs["steps"],
+                                  kwargs["guidance_scale"], torch.Generator().manual_seed(seed))  # fmt: skip
+    states = list(_drain(job))
+    latents = states[-1]
+    close(latents, golden[f"{run}_latents"])
+    _images_close(_image(T.decode(m, latents)), golden[f"{run}_image"])
+
+
+def _drain(job):
+    while True:
+        try:
+            next(job)
+        except StopIteration as stop:
+            yield stop.value
+            return
+
+
+def test_inpainting_equals_the_original(models, golden) -> None:
+    from kandi.pipelines import k31_tasks as T
+
+    m = models["inpainting"]
+    image = PIL_image(golden["inpaint_input"].numpy())
+    pixels, repaint = T.inpaint_inputs(image, golden["inpaint_mask"].numpy())
+    job = T.inpaint_latents(m, pixels, repaint, tiny.PROMPT, None, 1, 4, None, torch.Generator().manual_seed(3))
+    latents = list(_drain(job))[-1]
+    close(latents, golden["inpaint_latents"])
+    _images_close(_image(T.decode(m, latents)), golden["inpaint_image"])
+
+
+def PIL_image(a: np.ndarray):
+    import PIL.Image
+
+    return PIL.Image.fromarray(a)
