@@ -275,3 +275,18 @@ def steps_per_image(m: K31Models, opts: Any, strength: float = 1.0) -> int:
 def options_for(m: K31Models, opts: Any) -> Any:
     """`opts` with Flash's step count, for shells that show it."""
     return replace(opts, steps=len(k31.FLASH_TIMESTEPS), guidance_scale=0.0) if m.flash else opts
+
+
+def load_for_task(name: str, task: str = "text_to_image", torch_dtype: torch.dtype | None = None,
+                  text_encoder_dtype: torch.dtype | None = None, **hub: Any) -> K31Models:  # fmt: skip
+    """The models a shell needs for `task` under a registry name (kandinsky-3.1, kandinsky-3.1-flash,
+    kandinsky-3.1-inpainting): inpaint and outpaint take the inpainting UNet whatever the name."""
+    from ..configs import resolve_model
+
+    spec = resolve_model(name)
+    if spec.family != "k31":
+        raise ValueError(f"{name!r} is not a Kandinsky 3.1 model (family {spec.family})")
+    variant = "inpainting" if task in ("inpaint", "outpaint") else spec.k31_model or "base"
+    if variant == "inpainting" and task not in ("inpaint", "outpaint"):
+        raise ValueError(f"{spec.name} inpaints and outpaints only; for {task} use kandinsky-3.1 or kandinsky-3.1-flash")
+    return K31Models.load(spec.decoder_repo, variant, torch_dtype, text_encoder_dtype, **hub)
