@@ -97,7 +97,10 @@ def main() -> None:
         u.load_state_dict(ck[name]["unet"])
         return u, ck[name]["null_embedding"]
 
-    dev, dt = {k: "cpu" for k in ("unet", "text_encoder", "movq")}, {k: torch.float32 for k in ("unet", "text_encoder", "movq")}
+    dev, dt = (
+        {k: "cpu" for k in ("unet", "text_encoder", "movq")},
+        {k: torch.float32 for k in ("unet", "text_encoder", "movq")},
+    )
     out: dict[str, torch.Tensor] = {}
 
     # the networks alone
@@ -152,17 +155,28 @@ def main() -> None:
 
     record("inpaint")
     torch.manual_seed(3)
-    out["inpaint_image"] = torch.from_numpy(np.asarray(pipe(tiny.PROMPT, Image.fromarray(image), mask, steps=4)[0]).copy())
+    out["inpaint_image"] = torch.from_numpy(
+        np.asarray(pipe(tiny.PROMPT, Image.fromarray(image), mask, steps=4)[0]).copy()
+    )
     movq.decode = MoVQ.decode.__get__(movq)
 
     record("nan")  # the issue reports NaN images at 1 and 3 steps from sqrt of a rounded-negative number
     torch.manual_seed(4)
     base(tiny.PROMPT, width=64, height=64, steps=3)
-    print("original, 3 base steps, tiny model on CPU: NaN latents =", bool(out.pop("nan_latents").isnan().any()))
+    print(
+        "original, 3 base steps, tiny model on CPU: NaN latents =", bool(out.pop("nan_latents").isnan().any())
+    )
 
     out = {k: v.contiguous() for k, v in out.items()}
     save_file(out, str(tiny.GOLDEN), metadata={"source": f"ai-forever/Kandinsky-3@{COMMIT}"})
-    print(tiny.GOLDEN, tiny.GOLDEN.stat().st_size, "bytes;", tiny.MANIFESTS, tiny.MANIFESTS.stat().st_size, "bytes")
+    print(
+        tiny.GOLDEN,
+        tiny.GOLDEN.stat().st_size,
+        "bytes;",
+        tiny.MANIFESTS,
+        tiny.MANIFESTS.stat().st_size,
+        "bytes",
+    )
 
 
 if __name__ == "__main__":

@@ -85,7 +85,9 @@ def checkpoints(m: dict[str, dict[str, list[int]]]) -> dict[str, dict]:
     """Original-layout contents: {'base'|'flash'|'inpainting': {'unet', 'null_embedding'}, 'movq': sd},
     plus the projections (different seeds per model, as the release has three)."""
     out: dict[str, dict] = {}
-    for i, (name, key) in enumerate((("base", "tiny_unet"), ("flash", "tiny_unet"), ("inpainting", "tiny_unet9"))):
+    for i, (name, key) in enumerate(
+        (("base", "tiny_unet"), ("flash", "tiny_unet"), ("inpainting", "tiny_unet9"))
+    ):
         g = torch.Generator().manual_seed(100 + i)
         # gain 1.5: at gain 1 (or 0.5) the random UNet's group norms see near-constant inputs and it is chaotic
         # under guided DDIM (a 1e-6 change of the start noise moves a 2-step result by 1e-2), so equality

@@ -68,7 +68,10 @@ def test_full_size_movq_key_map_covers_every_key(manifests) -> None:
     sd = _meta(manifests["full_movq"])
     cfg = L.movq_config(sd, "movq")
     assert cfg.block_out_channels == (256, 512, 512, 1024) and cfg.layers_per_block == 2
-    assert cfg.down_block_types[-1] == "AttnDownEncoderBlock2D" and cfg.up_block_types[0] == "AttnUpDecoderBlock2D"
+    assert (
+        cfg.down_block_types[-1] == "AttnDownEncoderBlock2D"
+        and cfg.up_block_types[0] == "AttnUpDecoderBlock2D"
+    )
     with torch.device("meta"):
         model = MoVQ(cfg)
     converted = L.convert_movq(sd)
@@ -105,7 +108,9 @@ def test_strict_errors_name_the_file(root, tmp_path) -> None:
     ck = torch.load(root / L.VARIANTS["base"].unet_file, weights_only=True)
     ck["unet"]["extra.weight"] = torch.zeros(1)
     torch.save(ck, bad / L.VARIANTS["base"].unet_file)
-    torch.save(torch.load(root / L.VARIANTS["base"].projection_file), bad / L.VARIANTS["base"].projection_file)
+    torch.save(
+        torch.load(root / L.VARIANTS["base"].projection_file), bad / L.VARIANTS["base"].projection_file
+    )
     with pytest.raises(CheckpointError, match=r"kandinsky3\.pt.*1 unexpected \(e\.g\. extra\.weight\)"):
         L.load_unet(bad, "base")
     del ck["unet"]["extra.weight"], ck["unet"]["in_layer.bias"]
@@ -114,7 +119,9 @@ def test_strict_errors_name_the_file(root, tmp_path) -> None:
         L.load_unet(bad, "base")
     with pytest.raises(CheckpointError, match="missing Kandinsky 3.1 file .*movq.pt"):
         L.load_movq(bad)
-    with pytest.raises(ValueError, match="unknown Kandinsky 3.1 model 'turbo'; accepted: base, flash, inpainting"):
+    with pytest.raises(
+        ValueError, match="unknown Kandinsky 3.1 model 'turbo'; accepted: base, flash, inpainting"
+    ):
         L.load_unet(root, "turbo")
 
 
@@ -200,7 +207,9 @@ def test_inpainting_equals_the_original(models, golden) -> None:
     m = models["inpainting"]
     image = PIL_image(golden["inpaint_input"].numpy())
     pixels, repaint = T.inpaint_inputs(image, golden["inpaint_mask"].numpy())
-    job = T.inpaint_latents(m, pixels, repaint, tiny.PROMPT, None, 1, 4, None, torch.Generator().manual_seed(3))
+    job = T.inpaint_latents(
+        m, pixels, repaint, tiny.PROMPT, None, 1, 4, None, torch.Generator().manual_seed(3)
+    )
     latents = list(_drain(job))[-1]
     close(latents, golden["inpaint_latents"])
     _images_close(_image(T.decode(m, latents)), golden["inpaint_image"])
@@ -210,3 +219,64 @@ def PIL_image(a: np.ndarray):
     import PIL.Image
 
     return PIL.Image.fromarray(a)
+
+
+# ---------------------------------------------------------------------------------------- API, registry
+
+
+def test_auto_pipelines_pick_the_model(root, golden) -> None:
+    import kandi
+
+    flash = kandi.AutoPipelineForText2Image.from_pretrained(str(root), model="flash")
+    assert type(flash).__name__ == "Kandinsky31Pipeline" and flash.model == "flash"
+    out = flash(
+        tiny.PROMPT, height=64, width=64, generator=torch.Generator().manual_seed(0), output_type="latent"
+    )
+    close(out.images, golden["flash_latents"])
+    assert kandi.AutoPipelineForText2Image.from_pretrained(str(root)).model == "base"
+    inp = kandi.AutoPipelineForInpainting.from_pretrained(str(root))
+    assert type(inp).__name__ == "Kandinsky31InpaintPipeline" and inp.unet.config.in_channels == 9
+    with pytest.raises(ValueError, match="image2image takes model='base' or 'flash'"):
+        kandi.AutoPipelineForImage2Image.from_pretrained(str(root), model="inpainting")
+    i2i = kandi.AutoPipelineForImage2Image.from_pretrained(str(root), model="flash")
+    im = i2i(tiny.PROMPT, image=PIL_image(golden["inpaint_input"].numpy()), strength=0.5,
+             generator=torch.Generator().manual_seed(0)).images[0]  # fmt: skip
+    assert im.size == (64, 64)
+
+
+def test_inpaint_pipeline_pastes_back(models, golden) -> None:
+    from kandi.compat.kandinsky31 import Kandinsky31InpaintPipeline
+
+    m = models["inpainting"]
+    pipe = Kandinsky31InpaintPipeline(
+        m.tokenizer, m.text_encoder, m.unet, m.movq, m.null_embedding, "inpainting"
+    )
+    image, mask = golden["inpaint_input"].numpy(), golden["inpaint_mask"].numpy()
+    out = pipe(tiny.PROMPT, image=PIL_image(image), mask_image=mask, num_inference_steps=4,
+               generator=torch.Generator().manual_seed(3), output_type="pil").images[0]  # fmt: skip
+    _images_close(torch.from_numpy(np.asarray(out).copy()), golden["inpaint_image"])
+    kept = pipe(tiny.PROMPT, image=PIL_image(image), mask_image=mask, num_inference_steps=2, paste_back=True,
+                generator=torch.Generator().manual_seed(3)).images[0]  # fmt: skip
+    a = np.asarray(kept).astype(int)
+    assert np.abs(a[mask == 0] - image[mask == 0]).max() <= 1  # uint8 -> [-1, 1] -> truncated uint8
+
+
+def test_registry_names() -> None:
+    from kandi.configs import resolve_model
+
+    assert resolve_model("kandinsky-3.1").k31_model == "base"
+    assert resolve_model("kandinsky-3.1-flash").default_steps == 4
+    assert resolve_model("ai-forever/Kandinsky3.1").name == "kandinsky-3.1"
+
+
+def test_base_sampler_has_no_nan_and_floors_the_stride(models) -> None:
+    from kandi.pipelines import k31
+    from kandi.pipelines import k31_tasks as T
+
+    assert k31.base_timesteps(6) == [999, 832, 665, 498, 331, 164]
+    with pytest.raises(ValueError, match="num_inference_steps"):
+        k31.base_timesteps(0)
+    for steps in (1, 3):
+        job = T.text_to_image_latents(models["base"], tiny.PROMPT, None, 1, 64, 64, steps, 3.0,
+                                      torch.Generator().manual_seed(0))  # fmt: skip
+        assert torch.isfinite(list(_drain(job))[-1]).all()

@@ -82,14 +82,18 @@ class _K31Pipeline(DiffusionPipeline):
                         torch_dtype: torch.dtype | None = None, **kwargs: Any) -> _K31Pipeline:  # fmt: skip
         """Load from `ai-forever/Kandinsky3.1` (hub id, cache, or a folder in its layout); `model` picks
         base, flash or inpainting (only that model's files are fetched)."""
-        hub = {k: kwargs.pop(k) for k in ("revision", "cache_dir", "local_files_only", "token") if k in kwargs}
+        hub = {
+            k: kwargs.pop(k) for k in ("revision", "cache_dir", "local_files_only", "token") if k in kwargs
+        }
         kwargs.pop("variant", None)  # the release has one set of fp32 files
         if kwargs:
             raise TypeError(f"{cls.__name__}.from_pretrained got unexpected arguments {sorted(kwargs)}")
         repo, model = _repo_and_model(pretrained_model_name_or_path, model)
         model = model or cls._default
         if model not in cls._accepted:
-            raise ValueError(f"{cls.__name__} takes model={' or '.join(map(repr, cls._accepted))}, got {model!r}")
+            raise ValueError(
+                f"{cls.__name__} takes model={' or '.join(map(repr, cls._accepted))}, got {model!r}"
+            )
         m = K31Models.load(repo, model, torch_dtype, **hub)
         pipe = cls(m.tokenizer, m.text_encoder, m.unet, m.movq, m.null_embedding, model)
         pipe._name_or_path = str(pretrained_model_name_or_path)
@@ -119,7 +123,9 @@ class _K31Pipeline(DiffusionPipeline):
             checks.check_number("guidance_scale", guidance)
         checks.check_output_type(output_type, OUTPUT_TYPES)
         if isinstance(generator, list | tuple):
-            raise TypeError("Kandinsky 3.1 draws one batch from one generator, as the original: pass a torch.Generator")
+            raise TypeError(
+                "Kandinsky 3.1 draws one batch from one generator, as the original: pass a torch.Generator"
+            )
         checks.check_generator(generator, len(prompts) * n)
         return prompts, negs, n
 
@@ -130,15 +136,17 @@ class _K31Pipeline(DiffusionPipeline):
         m = self._models()
         latents = []
         for job in jobs:
-            bar = self.progress_bar(total=None)
+            bar = None
             while True:
                 try:
-                    next(job)
-                    bar.update(1)
+                    state = next(job)
                 except StopIteration as stop:
                     latents.append(stop.value)
                     break
-            bar.close()
+                bar = bar or self.progress_bar(total=state.num_steps)
+                bar.update(1)
+            if bar is not None:
+                bar.close()
         x = torch.cat(latents)
         if output_type == "latent":
             out: Any = x
@@ -231,7 +239,9 @@ def for_task(task: str, name_or_path: str | os.PathLike, **kwargs: Any) -> _K31P
     repo, model = _repo_and_model(name_or_path, kwargs.pop("model", None))
     model = model or default
     if model not in accepted:
-        raise ValueError(f"Kandinsky 3.1 {task} takes model={' or '.join(map(repr, accepted))}, got {model!r}")
+        raise ValueError(
+            f"Kandinsky 3.1 {task} takes model={' or '.join(map(repr, accepted))}, got {model!r}"
+        )
     cls = {"text2image": Kandinsky31Pipeline, "image2image": Kandinsky31Img2ImgPipeline,
            "inpainting": Kandinsky31InpaintPipeline}[task]  # fmt: skip
     if model == "inpainting" and task == "text2image":

@@ -84,7 +84,10 @@ def _movq_rules(levels: int) -> list[Rule]:
         (r"^encoder\.down\.(\d+)\.downsample\.", lambda m: f"encoder.down_blocks.{m[1]}.downsamplers.0."),
         (r"^decoder\.up\.(\d+)\.block\.", lambda m: f"decoder.up_blocks.{levels - 1 - int(m[1])}.resnets."),
         (r"^decoder\.up\.(\d+)\.attn\.", lambda m: f"decoder.up_blocks.{levels - 1 - int(m[1])}.attentions."),
-        (r"^decoder\.up\.(\d+)\.upsample\.", lambda m: f"decoder.up_blocks.{levels - 1 - int(m[1])}.upsamplers.0."),
+        (
+            r"^decoder\.up\.(\d+)\.upsample\.",
+            lambda m: f"decoder.up_blocks.{levels - 1 - int(m[1])}.upsamplers.0.",
+        ),
         (r"^(encoder|decoder)\.norm_out\.", lambda m: f"{m[1]}.conv_norm_out."),
         (r"\.nin_shortcut\.", ".conv_shortcut."),
         (r"(\.attentions\.\d+)\.q\.", lambda m: f"{m[1]}.to_q."),
@@ -155,13 +158,21 @@ def unet_config(sd: dict[str, torch.Tensor], projection: dict[str, torch.Tensor]
     blocks = {_count(sd, rf"^{side}\.{i}\.resnet_attn_blocks\.(\d+)\.") for side in ("down_samples", "up_samples")
               for i in range(levels)}  # fmt: skip
     if len(blocks) != 1:
-        raise CheckpointError(f"{what}: levels with different block counts {sorted(blocks)} are not supported")
+        raise CheckpointError(
+            f"{what}: levels with different block counts {sorted(blocks)} are not supported"
+        )
     for side, pattern in (("down_samples", DOWN_ATTENTION), ("up_samples", UP_ATTENTION)):
-        has = tuple(f"{side}.{i}.self_attention_block.in_norm.context_mlp.1.weight" in sd for i in range(levels))
+        has = tuple(
+            f"{side}.{i}.self_attention_block.in_norm.context_mlp.1.weight" in sd for i in range(levels)
+        )
         if has != pattern[:levels]:
-            raise CheckpointError(f"{what}: {side} attention per level {has} differs from Kandinsky 3's {pattern[:levels]}")
+            raise CheckpointError(
+                f"{what}: {side} attention per level {has} differs from Kandinsky 3's {pattern[:levels]}"
+            )
     if conv_in[0] * 2 != widths[0]:
-        raise CheckpointError(f"{what}: init channels {conv_in[0]} are not half of the first width {widths[0]}")
+        raise CheckpointError(
+            f"{what}: init channels {conv_in[0]} are not half of the first width {widths[0]}"
+        )
     proj = _shape(projection, "0.weight", f"{what} (projection)")
     cfg = UNet3Config(
         in_channels=conv_in[1],
@@ -222,13 +233,17 @@ def read_pt(path: Path) -> Any:
     try:
         return torch.load(str(path), map_location="cpu", weights_only=True)
     except Exception as e:
-        raise CheckpointError(f"{path} could not be read as PyTorch weights ({type(e).__name__}: {e})") from None
+        raise CheckpointError(
+            f"{path} could not be read as PyTorch weights ({type(e).__name__}: {e})"
+        ) from None
 
 
 def _state_dict(obj: Any, path: Path, key: str | None = None) -> dict[str, torch.Tensor]:
     if key is not None:
         if not isinstance(obj, dict) or key not in obj:
-            raise CheckpointError(f"{path} holds no {key!r} entry; expected {{'unet': ..., 'null_embedding': ...}}")
+            raise CheckpointError(
+                f"{path} holds no {key!r} entry; expected {{'unet': ..., 'null_embedding': ...}}"
+            )
         obj = obj[key]
     if not isinstance(obj, dict) or not all(torch.is_tensor(v) for v in obj.values()):
         raise CheckpointError(f"{path} holds a {type(obj).__name__}, expected a state dict of tensors")
@@ -270,7 +285,9 @@ def load_unet(root: Path, variant: str, dtype: torch.dtype | None = None) -> tup
         unet = UNet3(cfg)
     assign_strict(unet, convert_unet(sd, projection), f"{path} + {ppath.name}", dtype)
     if null.shape != (cfg.cross_attention_dim,):
-        raise CheckpointError(f"{path}: null_embedding is {list(null.shape)}, expected [{cfg.cross_attention_dim}]")
+        raise CheckpointError(
+            f"{path}: null_embedding is {list(null.shape)}, expected [{cfg.cross_attention_dim}]"
+        )
     return unet.eval(), null.to(dtype or torch.float32)
 
 

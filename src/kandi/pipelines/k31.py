@@ -40,7 +40,9 @@ TRAIN_STEPS = 1000
 def cosine_betas(n: int = TRAIN_STEPS) -> torch.Tensor:
     """Nichol & Dhariwal (2021) Eq. 17, betas capped at 0.999, in float32 as the original."""
     bar = lambda t: math.cos((t + 0.008) / 1.008 * math.pi / 2) ** 2  # noqa: E731
-    return torch.tensor([min(1 - bar((i + 1) / n) / bar(i / n), 0.999) for i in range(n)], dtype=torch.float32)
+    return torch.tensor(
+        [min(1 - bar((i + 1) / n) / bar(i / n), 0.999) for i in range(n)], dtype=torch.float32
+    )
 
 
 @dataclass(frozen=True)
@@ -118,7 +120,9 @@ def _pad(ids: list[int], pad: int) -> list[int]:
     return ids + [pad] * (T5_TOKENS - len(ids))
 
 
-def t5_inputs(tokenizer: Any, prompt: str, negative: str | None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+def t5_inputs(
+    tokenizer: Any, prompt: str, negative: str | None
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
     """(ids, mask, negative ids) as T5TextConditionProcessor.encode: the negative is cut to the prompt's
     length, ends with </s>, and is encoded under the *prompt's* mask."""
     ids = _ids(tokenizer, prompt)
@@ -223,7 +227,9 @@ def base_loop(unet: Any, text: K31Text, latents: torch.Tensor, ts: list[int], gu
     return x
 
 
-def flash_loop(unet: Any, text: K31Text, latents: torch.Tensor, ts: list[int], noise: Noise) -> Iterator[K31State]:
+def flash_loop(
+    unet: Any, text: K31Text, latents: torch.Tensor, ts: list[int], noise: Noise
+) -> Iterator[K31State]:
     """Kandinsky Flash: noise the x0 estimate to t, predict x0 again, at each of `ts`; no guidance."""
     s = Schedule.cosine()
     cond = _uncond_cond(unet, text, False)
@@ -250,7 +256,9 @@ def diffusion_size(width: int, height: int) -> tuple[int, int]:
     reduce = max(1.0, (width * height / 1024**2) ** 0.5)
     w, h = (round(width / reduce) // 64) * 64, (round(height / reduce) // 64) * 64
     if w < 64 or h < 64:
-        raise ValueError(f"image {width}x{height} is too small for Kandinsky 3.1 inpainting: sides of 64 px or more")
+        raise ValueError(
+            f"image {width}x{height} is too small for Kandinsky 3.1 inpainting: sides of 64 px or more"
+        )
     return w, h
 
 

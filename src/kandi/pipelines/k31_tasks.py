@@ -16,8 +16,8 @@ import numpy as np
 import PIL.Image
 import torch
 
-from . import images, k3, k31
 from ..errors import warn_once
+from . import images, k3, k31
 from .common import Placement
 from .k22 import steps_run
 from .k22_tasks import Progress, Result, _each_seed, _progress
@@ -85,11 +85,13 @@ def timesteps(m: K31Models, steps: int | None, strength: float = 1.0) -> list[in
     """The timesteps a run takes: Flash's fixed four, or the base sampler's; img2img keeps the last ones."""
     if m.flash:
         if steps not in (None, len(k31.FLASH_TIMESTEPS)):
-            warn_once(f"Kandinsky Flash runs its 4 fixed timesteps {k31.FLASH_TIMESTEPS}: steps={steps} is ignored")
+            warn_once(
+                f"Kandinsky Flash runs its 4 fixed timesteps {k31.FLASH_TIMESTEPS}: steps={steps} is ignored"
+            )
         ts = list(k31.FLASH_TIMESTEPS)
     else:
         ts = k31.base_timesteps(DEFAULTS[m.variant][0] if steps is None else steps)
-    return ts[len(ts) - steps_run(len(ts), strength):]
+    return ts[len(ts) - steps_run(len(ts), strength) :]
 
 
 def _text(m: K31Models, prompt: str, negative: str | None, n: int, guidance: float) -> k31.K31Text:
@@ -288,5 +290,7 @@ def load_for_task(name: str, task: str = "text_to_image", torch_dtype: torch.dty
         raise ValueError(f"{name!r} is not a Kandinsky 3.1 model (family {spec.family})")
     variant = "inpainting" if task in ("inpaint", "outpaint") else spec.k31_model or "base"
     if variant == "inpainting" and task not in ("inpaint", "outpaint"):
-        raise ValueError(f"{spec.name} inpaints and outpaints only; for {task} use kandinsky-3.1 or kandinsky-3.1-flash")
+        raise ValueError(
+            f"{spec.name} inpaints and outpaints only; for {task} use kandinsky-3.1 or kandinsky-3.1-flash"
+        )
     return K31Models.load(spec.decoder_repo, variant, torch_dtype, text_encoder_dtype, **hub)
