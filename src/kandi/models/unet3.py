@@ -444,7 +444,9 @@ class UNet3(KandiModel):
         )
         return self.condition_projected(context, encoder_attention_mask)
 
-    def condition_projected(self, context: torch.Tensor, encoder_attention_mask: torch.Tensor | None) -> UNet3Cond:
+    def condition_projected(
+        self, context: torch.Tensor, encoder_attention_mask: torch.Tensor | None
+    ) -> UNet3Cond:
         """`condition` for text already through `encoder_hid_proj` (B, L, cross_attention_dim).
 
         Kandinsky 3.1 projects the T5 states, zeroes the padding *after* the projection and puts its learned
