@@ -280,3 +280,20 @@ def test_base_sampler_has_no_nan_and_floors_the_stride(models) -> None:
         job = T.text_to_image_latents(models["base"], tiny.PROMPT, None, 1, 64, 64, steps, 3.0,
                                       torch.Generator().manual_seed(0))  # fmt: skip
         assert torch.isfinite(list(_drain(job))[-1]).all()
+
+
+def test_tokenizer_from_spiece_model_only(tmp_path) -> None:
+    """The release's encoder folder has spiece.model and no tokenizer.json (needs sentencepiece)."""
+    spm = pytest.importorskip("sentencepiece")
+    (tmp_path / "t.txt").write_text("\n".join(["a red fox in the snow", "a cat on a mat"] * 50))
+    spm.SentencePieceTrainer.train(input=str(tmp_path / "t.txt"), model_prefix=str(tmp_path / "spiece"),
+                                   vocab_size=20, pad_id=0, eos_id=1, unk_id=2, bos_id=-1)  # fmt: skip
+    (tmp_path / "spiece.vocab").unlink()
+    tok = L.load_tokenizer(tmp_path)
+    ids = tok("a red fox")["input_ids"]
+    assert ids[-1] == tok.eos_token_id == 1 and tok.pad_token_id == 0 and len(ids) > 2
+
+
+def test_tokenizer_folder_without_files_is_an_error(tmp_path) -> None:
+    with pytest.raises(CheckpointError, match="neither spiece.model nor tokenizer.json"):
+        L.load_tokenizer(tmp_path)
