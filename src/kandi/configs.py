@@ -12,7 +12,7 @@ from typing import Any
 @dataclass(frozen=True)
 class ModelSpec:
     name: str
-    family: str  # "k21", "k22", "k3"
+    family: str  # "k21", "k22", "k3", "k31"
     decoder_repo: str
     prior_repo: str | None
     inpaint_repo: str | None = None
@@ -23,6 +23,7 @@ class ModelSpec:
     default_prior_steps: int = 25
     default_prior_guidance: float = 4.0
     aliases: tuple[str, ...] = ()
+    k31_model: str | None = None  # Kandinsky 3.1: which UNet of ai-forever/Kandinsky3.1 (base, flash, inpainting)
 
 
 REGISTRY: dict[str, ModelSpec] = {
@@ -52,6 +53,44 @@ REGISTRY: dict[str, ModelSpec] = {
         default_steps=25,
         default_guidance=3.0,
         aliases=("3", "k3", "kandinsky3", "kandinsky-3.0"),
+    ),
+    # ai-forever's own release (no diffusers layout): loaded by kandi.pipelines.k31_tasks.load_for_task;
+    # the inpainting model serves `inpaint` / `outpaint` for all three names
+    "kandinsky-3.1": ModelSpec(
+        name="kandinsky-3.1",
+        family="k31",
+        decoder_repo="ai-forever/Kandinsky3.1",
+        prior_repo=None,
+        inpaint_repo="ai-forever/Kandinsky3.1",
+        default_size=1024,
+        default_steps=50,
+        default_guidance=3.0,
+        aliases=("3.1", "k31", "kandinsky3.1", "kandinsky-3-1"),
+        k31_model="base",
+    ),
+    "kandinsky-3.1-flash": ModelSpec(
+        name="kandinsky-3.1-flash",
+        family="k31",
+        decoder_repo="ai-forever/Kandinsky3.1",
+        prior_repo=None,
+        inpaint_repo="ai-forever/Kandinsky3.1",
+        default_size=1024,
+        default_steps=4,
+        default_guidance=0.0,
+        aliases=("3.1-flash", "k31-flash", "kandinsky-flash", "flash"),
+        k31_model="flash",
+    ),
+    "kandinsky-3.1-inpainting": ModelSpec(
+        name="kandinsky-3.1-inpainting",
+        family="k31",
+        decoder_repo="ai-forever/Kandinsky3.1",
+        prior_repo=None,
+        inpaint_repo="ai-forever/Kandinsky3.1",
+        default_size=1024,
+        default_steps=50,
+        default_guidance=4.0,
+        aliases=("3.1-inpainting", "k31-inpainting", "kandinsky-3.1-inpaint"),
+        k31_model="inpainting",
     ),
 }
 DEFAULT_MODEL = "kandinsky-2.2"

@@ -43,8 +43,8 @@ MEMBERS: dict[str, str] = {
     for pattern in _TASK_CLASSES
 } | {"Kandinsky3Pipeline": "kandinsky3", "Kandinsky3Img2ImgPipeline": "kandinsky3"}
 INPAINTING_MODELS = (
-    "kandinsky-community/kandinsky-2-2-decoder-inpaint (kandinsky-2.2) or "
-    "kandinsky-community/kandinsky-2-1-inpaint (kandinsky-2.1)"
+    "ai-forever/Kandinsky3.1 (kandinsky-3.1), kandinsky-community/kandinsky-2-2-decoder-inpaint (kandinsky-2.2) "
+    "or kandinsky-community/kandinsky-2-1-inpaint (kandinsky-2.1)"
 )
 
 
@@ -75,6 +75,10 @@ class _AutoPipeline:
 
     @classmethod
     def from_pretrained(cls, pretrained_model_or_path: str | os.PathLike, **kwargs: Any) -> DiffusionPipeline:
+        from . import kandinsky31
+
+        if kandinsky31.is_kandinsky31(pretrained_model_or_path):  # ai-forever's layout; `model=` picks the UNet
+            return kandinsky31.for_task(cls._task, pretrained_model_or_path, **kwargs)
         hub = {k: kwargs[k] for k in ("revision", "cache_dir", "local_files_only", "token") if k in kwargs}
         role = "inpaint_repo" if cls._task == "inpainting" else "decoder_repo"
         root = resolve_repo_dir(pretrained_model_or_path, variant=kwargs.get("variant"), role=role, **hub)

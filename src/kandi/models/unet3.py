@@ -48,6 +48,9 @@ class UNet3Config:
     block_out_channels: tuple[int, ...] = (384, 768, 1536, 3072)
     cross_attention_dim: int = 4096
     encoder_hid_dim: int = 4096
+    # None: in_channels. Kandinsky 3.1 inpainting takes 9 channels (latents, mask, masked image), outputs 4;
+    # diffusers' Kandinsky3UNet has no such option, so it is left out of its config when None
+    out_channels: int | None = None
 
     @property
     def init_channels(self) -> int:
@@ -77,8 +80,14 @@ class UNet3Config:
         cfg.validate()
         return cfg
 
+    @property
+    def latent_channels(self) -> int:
+        """Channels of the predicted noise (conv_out)."""
+        return self.in_channels if self.out_channels is None else self.out_channels
+
     def to_diffusers(self) -> dict[str, Any]:
-        return {"_class_name": NAME, **asdict(self), "block_out_channels": list(self.block_out_channels)}
+        d = {k: v for k, v in asdict(self).items() if not (k == "out_channels" and v is None)}
+        return {"_class_name": NAME, **d, "block_out_channels": list(self.block_out_channels)}
 
     def levels(self) -> tuple[list[Level], list[Level]]:
         """(down levels shallowest first, up levels deepest first), as diffusers wires them."""
@@ -99,7 +108,7 @@ class UNet3Config:
                 f"Kandinsky 3 has 1 to {MAX_LEVELS} levels, got {n}"
             )
         for key, value in asdict(self).items():
-            values = value if isinstance(value, tuple) else (value,)
+            values = () if value is None else value if isinstance(value, tuple) else (value,)
             if any(v < 1 for v in values):
                 raise ValueError(f"{NAME} config {key}={value!r} is not supported: expected positive numbers")
         if self.layers_per_block < 2:
@@ -420,7 +429,7 @@ class UNet3(KandiModel):
         self.down_blocks = nn.ModuleList(DownBlock(cfg, lv) for lv in down)
         self.up_blocks = nn.ModuleList(UpBlock(cfg, lv) for lv in up)
         self.conv_norm_out = nn.GroupNorm(cfg.groups, init)
-        self.conv_out = nn.Conv2d(init, cfg.in_channels, 3, padding=1)
+        self.conv_out = nn.Conv2d(init, cfg.latent_channels, 3, padding=1)
 
     def condition(
         self, encoder_hidden_states: torch.Tensor, encoder_attention_mask: torch.Tensor | None = None
@@ -433,6 +442,16 @@ class UNet3(KandiModel):
         context = self.encoder_hid_proj(
             encoder_hidden_states.to(self.encoder_hid_proj.projection_norm.weight.dtype)
         )
+        return self.condition_projected(context, encoder_attention_mask)
+
+    def condition_projected(
+        self, context: torch.Tensor, encoder_attention_mask: torch.Tensor | None
+    ) -> UNet3Cond:
+        """`condition` for text already through `encoder_hid_proj` (B, L, cross_attention_dim).
+
+        Kandinsky 3.1 projects the T5 states, zeroes the padding *after* the projection and puts its learned
+        null embedding in the unconditional row, so its pipelines project first and come in here.
+        """
         mask = None
         if encoder_attention_mask is not None:
             bias = (1 - encoder_attention_mask.to(context.dtype)) * TEXT_MASK_BIAS

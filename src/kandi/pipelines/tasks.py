@@ -11,7 +11,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 from typing import Any
 
-from . import k3_tasks, k22_tasks
+from . import k3_tasks, k22_tasks, k31_tasks
 from .k22 import steps_run
 from .k22_tasks import Progress, Result
 
@@ -27,6 +27,8 @@ class Made:
 
 def steps_per_image(models: Any, opts: Any, prior_runs: int = 1, strength: float = 1.0) -> int:
     """The progress steps of one image: the prior's runs (2.x) and the decoder steps run at `strength`."""
+    if isinstance(models, k31_tasks.K31Models):
+        return k31_tasks.steps_per_image(models, opts, strength)
     prior = 0 if isinstance(models, k3_tasks.K3Models) else opts.prior_steps * prior_runs
     return prior + steps_run(opts.steps, strength)
 
@@ -38,7 +40,8 @@ def each_image(
     if callable(task):  # a task function of its own, e.g. hires.hires_fix
         run = task
     else:
-        run = getattr(k3_tasks if isinstance(models, k3_tasks.K3Models) else k22_tasks, task)
+        family = {k3_tasks.K3Models: k3_tasks, k31_tasks.K31Models: k31_tasks}.get(type(models), k22_tasks)
+        run = getattr(family, task)
     n = opts.num_images
     for k in range(n):
         seed = opts.seed + k
