@@ -91,3 +91,37 @@ def test_callback_sees_and_replaces_latents(pipes) -> None:
 def test_bad_arguments(pipes, bad) -> None:
     with pytest.raises((ValueError, TypeError)):
         pipes[1](**{**_args(), **bad})
+
+
+def test_from_pretrained_official_layout(tmp_path, pipes) -> None:
+    """A diffusers-saved tiny repo with the official model_index.json (tokenizer: Qwen2VLProcessor) loads strictly."""
+    import json
+
+    ref, _ = pipes
+    classes = {
+        "transformer": ("diffusers", "Kandinsky5Transformer3DModel"),
+        "vae": ("diffusers", "AutoencoderKL"),
+        "scheduler": ("diffusers", "FlowMatchEulerDiscreteScheduler"),
+        "text_encoder": ("transformers", "Qwen2_5_VLForConditionalGeneration"),
+        "tokenizer": ("transformers", "Qwen2VLProcessor"),
+        "text_encoder_2": ("transformers", "CLIPTextModel"),
+        "tokenizer_2": ("transformers", "CLIPTokenizer"),
+    }
+    for name in classes:
+        comp = getattr(ref, name)
+        getattr(comp, "tokenizer", comp).save_pretrained(tmp_path / name)
+    index = {
+        "_class_name": "Kandinsky5T2IPipeline",
+        "_diffusers_version": "0.42.1",
+        **{k: list(v) for k, v in classes.items()},
+    }
+    (tmp_path / "model_index.json").write_text(json.dumps(index))
+    from kandi import DiffusionPipeline
+
+    loaded = DiffusionPipeline.from_pretrained(str(tmp_path))
+    assert type(loaded).__name__ == "Kandinsky5T2IPipeline"
+    assert type(loaded.transformer).__name__ == "K5DiT"
+    loaded.resolutions = [(64, 64)]
+    loaded.set_progress_bar_config(disable=True)
+    want = ref(**_args(output_type="pt")).image
+    torch.testing.assert_close(loaded(**_args(output_type="pt")).image, want, rtol=1e-4, atol=1e-4)

@@ -15,6 +15,7 @@ _EXPORTS = {
     "DiffusionPipeline": "kandi.compat.base",
     "Kandinsky3Pipeline": "kandi.compat.kandinsky3",
     "Kandinsky3Img2ImgPipeline": "kandi.compat.kandinsky3",
+    "Kandinsky5T2IPipeline": "kandi.compat.kandinsky5",
     "KandinskyPriorPipeline": "kandi.compat.kandinsky21",
     "KandinskyPipeline": "kandi.compat.kandinsky21",
     "KandinskyImg2ImgPipeline": "kandi.compat.kandinsky21",

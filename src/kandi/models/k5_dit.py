@@ -127,7 +127,8 @@ class TimeEmbeddings(nn.Module):
 
     def forward(self, t: torch.Tensor) -> torch.Tensor:
         args = torch.outer(t.float(), self.freqs.to(t.device))
-        return self.out_layer(F.silu(self.in_layer(torch.cat([torch.cos(args), torch.sin(args)], dim=-1))))
+        emb = torch.cat([torch.cos(args), torch.sin(args)], dim=-1).to(self.in_layer.weight.dtype)
+        return self.out_layer(F.silu(self.in_layer(emb)))
 
 
 class TextEmbeddings(nn.Module):
@@ -163,7 +164,8 @@ class Modulation(nn.Module):
         nn.init.zeros_(self.out_layer.bias)
 
     def forward(self, emb: torch.Tensor) -> torch.Tensor:
-        return self.out_layer(F.silu(emb))
+        # a float32 module (to_dtype) takes the float32 embedding; a bf16 one (plain .to) its own dtype
+        return self.out_layer(F.silu(emb.to(self.out_layer.weight.dtype)))
 
 
 class Attention(nn.Module):
@@ -313,13 +315,24 @@ class K5DiT(KandiModel):
         )
         self.out_layer = OutLayer(c.model_dim, c.time_dim, c.out_visual_dim, c.patch_size)
         # RoPE angle tables (not in the checkpoints): 1-D for text, one per axis for the latent grid
-        self.register_buffer(
-            "text_rope", torch.outer(torch.arange(1024.0), freqs(c.head_dim // 2)), persistent=False
-        )
-        for i, d in enumerate(c.axes_dims):
-            self.register_buffer(
-                f"rope_{i}", torch.outer(torch.arange(128.0), freqs(d // 2)), persistent=False
-            )
+        for name, table in self._tables(torch.device("cpu")).items():
+            if "." not in name:  # the time embedding registers its own
+                self.register_buffer(name, table, persistent=False)
+
+    def _tables(self, device: torch.device) -> dict[str, torch.Tensor]:
+        c = self.config
+        with torch.device(device):
+            out = {"text_rope": torch.outer(torch.arange(1024.0), freqs(c.head_dim // 2))}
+            for i, d in enumerate(c.axes_dims):
+                out[f"rope_{i}"] = torch.outer(torch.arange(128.0), freqs(d // 2))
+            out["time_embeddings.freqs"] = freqs(c.model_dim // 2)
+        return out
+
+    def init_buffers(self, device: torch.device) -> None:
+        """Rebuild the non-persistent tables after a meta-device load."""
+        for name, table in self._tables(device).items():
+            owner, _, leaf = name.rpartition(".")
+            setattr(self.get_submodule(owner) if owner else self, leaf, table)
 
     def visual_rope(self, t: int, h: int, w: int, scale: tuple[float, float, float]) -> torch.Tensor:
         """3-D RoPE for a (t, h, w) patch grid, flattened to (t*h*w, 1, D/2, 2, 2)."""
