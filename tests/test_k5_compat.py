@@ -125,3 +125,26 @@ def test_from_pretrained_official_layout(tmp_path, pipes) -> None:
     loaded.set_progress_bar_config(disable=True)
     want = ref(**_args(output_type="pt")).image
     torch.testing.assert_close(loaded(**_args(output_type="pt")).image, want, rtol=1e-4, atol=1e-4)
+
+
+def test_task_generator_matches_pipeline(pipes) -> None:
+    from kandi.configs import GenerationOptions, resolve_model
+    from kandi.pipelines import k5_tasks
+    from kandi.pipelines.common import Placement
+
+    _, ours = pipes
+    assert resolve_model("k5").family == "k5"
+    m = k5_tasks.K5Models(**{k: getattr(ours, k) for k in k5_tasks.PARTS}, placement=Placement())
+    m.resolutions, m.max_sequence_length = [(64, 64)], 8
+    opts = GenerationOptions(prompt="a red square", negative_prompt="blurry", model="kandinsky-5", width=64,
+                             height=64, steps=2, guidance_scale=4.0, seed=5, num_images=2)  # fmt: skip
+    events = list(k5_tasks.text_to_image(m, opts))
+    result = events[-1]
+    assert [(e.step, e.image) for e in events[:-1]] == [(1, 0), (2, 0), (1, 1), (2, 1)]
+    assert result.seeds == [5, 6]
+    for img, seed in zip(result.images, result.seeds):
+        want = ours(prompt="a red square", negative_prompt="blurry", height=64, width=64, num_inference_steps=2,
+                    guidance_scale=4.0, max_sequence_length=8, generator=torch.Generator().manual_seed(seed)).image[0]  # fmt: skip
+        assert np.array_equal(np.asarray(img), np.asarray(want))
+    with pytest.raises(ValueError, match="flow-matching"):
+        list(k5_tasks.text_to_image(m, GenerationOptions(prompt="x", scheduler="ddim")))
