@@ -92,6 +92,16 @@ REGISTRY: dict[str, ModelSpec] = {
         aliases=("3.1-inpainting", "k31-inpainting", "kandinsky-3.1-inpaint"),
         k31_model="inpainting",
     ),
+    "kandinsky-5": ModelSpec(
+        name="kandinsky-5",
+        family="k5",  # pipelines/k5_tasks.py (K5Models, text_to_image)
+        decoder_repo="kandinskylab/Kandinsky-5.0-T2I-Lite-sft-Diffusers",
+        prior_repo=None,
+        default_size=1024,
+        default_steps=50,
+        default_guidance=3.5,
+        aliases=("5", "k5", "kandinsky5", "kandinsky-5.0", "kandinsky-5-t2i"),
+    ),
 }
 DEFAULT_MODEL = "kandinsky-2.2"
 # repos a short name may stand for, by the role a loader asks for

@@ -16,17 +16,23 @@ log = logging.getLogger(__name__)
 
 # transformers classes a model_index.json may name. An allowlist: model_index.json is data, and it must
 # not be able to make kandi instantiate arbitrary classes.
-_TRANSFORMERS_OK = re.compile(r"^(CLIP|XLMRoberta|T5|MT5)[A-Za-z]*$")
+_TRANSFORMERS_OK = re.compile(r"^(CLIP|XLMRoberta|T5|MT5|Qwen2_5_VL)[A-Za-z]*$")
+# Qwen2-VL processors need torchvision in transformers 5 (their video processor); Kandinsky 5 text to
+# image needs the tokenizer only, so these load as AutoTokenizer from the same folder.
+_TOKENIZER_ONLY = {"Qwen2VLProcessor", "Qwen2_5_VLProcessor"}
 
 
 def kandi_class(name: str) -> Any | None:
     """kandi's class for a diffusers class name found in model_index.json, or None."""
     from .. import schedulers
+    from ..models.k5_dit import K5DiT
     from ..models.mclip import MCLIP
     from ..models.movq import MoVQ
     from ..models.prior import Prior
     from ..models.unet2 import UNet2
     from ..models.unet3 import UNet3
+    from ..models.vae_flux import AutoencoderKL
+    from ..schedulers.flow_match import FlowMatchEulerDiscreteScheduler
 
     table = {
         "UNet2DConditionModel": UNet2,
@@ -37,6 +43,9 @@ def kandi_class(name: str) -> Any | None:
         "DDPMScheduler": schedulers.DDPMScheduler,
         "DDIMScheduler": schedulers.DDIMScheduler,
         "UnCLIPScheduler": schedulers.UnCLIPScheduler,
+        "Kandinsky5Transformer3DModel": K5DiT,
+        "AutoencoderKL": AutoencoderKL,
+        "FlowMatchEulerDiscreteScheduler": FlowMatchEulerDiscreteScheduler,
     }
     return table.get(name)
 
@@ -81,6 +90,8 @@ def load_component(
         if hasattr(cls, "diffusers_name"):
             return load_model_from_dir(cls, folder, torch_dtype=torch_dtype, variant=variant)
         return cls.from_pretrained(folder)
+    if library == "transformers" and class_name in _TOKENIZER_ONLY:
+        return _load_transformers(folder, "AutoTokenizer", torch_dtype, variant)
     if library == "transformers" and _TRANSFORMERS_OK.match(class_name):
         return _load_transformers(folder, class_name, torch_dtype, variant)
     raise CheckpointError(

@@ -1,0 +1,280 @@
+"""The FLUX.1 autoencoder of Kandinsky 5 (diffusers' `AutoencoderKL`, 16 latent channels, 8x down).
+
+Kingma & Welling 2014 VAE in the Rombach et al. 2022 layout: the encoder outputs a diagonal Gaussian
+(mean, log-variance), the decoder maps a latent back to pixels. The building blocks are MoVQ's with plain
+GroupNorms; FLUX drops the 1x1 quant convs. Attribute names follow the diffusers checkpoint keys.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..schedulers.noise import randn
+from .layers import KandiModel, ModelOutput, config_int, config_ints
+from .movq import ACTIVATIONS, DECODER_BLOCKS, ENCODER_BLOCKS, EPS, AttnBlock, ResAttnStack, ResnetBlock
+
+
+def _refuse(field: str, value: Any, accepted: str) -> ValueError:
+    return ValueError(
+        f"AutoencoderKL config {field}={value!r} is not supported by kandi; accepted: {accepted}"
+    )
+
+
+@dataclass(frozen=True)
+class VAEConfig:
+    """The diffusers `AutoencoderKL` config; field names are its config keys."""
+
+    in_channels: int
+    out_channels: int
+    down_block_types: tuple[str, ...]
+    up_block_types: tuple[str, ...]
+    block_out_channels: tuple[int, ...]
+    layers_per_block: int
+    act_fn: str
+    latent_channels: int
+    norm_num_groups: int
+    sample_size: int  # metadata
+    scaling_factor: float  # metadata: pipelines scale latents with it
+    shift_factor: float | None  # metadata: FLUX's latent mean (Kandinsky 5's pipelines do not use it)
+    force_upcast: bool  # metadata
+    use_quant_conv: bool
+    use_post_quant_conv: bool
+    mid_block_add_attention: bool
+
+    def __post_init__(self) -> None:
+        if not self.block_out_channels:
+            raise _refuse("block_out_channels", self.block_out_channels, "at least one level")
+        for field, types, known in (
+            ("down_block_types", self.down_block_types, ENCODER_BLOCKS),
+            ("up_block_types", self.up_block_types, DECODER_BLOCKS),
+        ):
+            if len(types) != len(self.block_out_channels) or any(t not in known for t in types):
+                raise _refuse(field, types, f"one of {tuple(known)} per block_out_channels entry")
+        if self.act_fn not in ACTIVATIONS:
+            raise _refuse("act_fn", self.act_fn, f"{ACTIVATIONS}")
+        if self.layers_per_block < 1:
+            raise _refuse("layers_per_block", self.layers_per_block, "an int >= 1")
+        for ch in self.block_out_channels:
+            if ch % self.norm_num_groups:
+                raise _refuse("norm_num_groups", self.norm_num_groups, f"a divisor of every width ({ch})")
+
+    @property
+    def scale_factor(self) -> int:
+        return 2 ** (len(self.block_out_channels) - 1)
+
+    @classmethod
+    def from_diffusers(cls, d: dict[str, Any]) -> VAEConfig:
+        """Read an `AutoencoderKL` config dict; missing keys take diffusers' constructor defaults."""
+        d = {k: v for k, v in d.items() if not k.startswith("_")}
+        n = "AutoencoderKL"
+        for key in ("latents_mean", "latents_std"):
+            if d.get(key) is not None:
+                raise _refuse(key, d[key], "None")
+        return cls(
+            in_channels=config_int(n, "in_channels", d.get("in_channels", 3)),
+            out_channels=config_int(n, "out_channels", d.get("out_channels", 3)),
+            down_block_types=tuple(d.get("down_block_types", ("DownEncoderBlock2D",))),
+            up_block_types=tuple(d.get("up_block_types", ("UpDecoderBlock2D",))),
+            block_out_channels=config_ints(n, "block_out_channels", d.get("block_out_channels", (64,))),
+            layers_per_block=config_int(n, "layers_per_block", d.get("layers_per_block", 1)),
+            act_fn=d.get("act_fn", "silu"),
+            latent_channels=config_int(n, "latent_channels", d.get("latent_channels", 4)),
+            norm_num_groups=config_int(n, "norm_num_groups", d.get("norm_num_groups", 32)),
+            sample_size=config_int(n, "sample_size", d.get("sample_size", 32)),
+            scaling_factor=float(d.get("scaling_factor", 0.18215)),
+            shift_factor=d.get("shift_factor"),
+            force_upcast=bool(d.get("force_upcast", True)),
+            use_quant_conv=bool(d.get("use_quant_conv", True)),
+            use_post_quant_conv=bool(d.get("use_post_quant_conv", True)),
+            mid_block_add_attention=bool(d.get("mid_block_add_attention", True)),
+        )
+
+    def to_diffusers(self) -> dict[str, Any]:
+        d = asdict(self)
+        for key in ("down_block_types", "up_block_types", "block_out_channels"):
+            d[key] = list(d[key])
+        return {"_class_name": "AutoencoderKL", **d}
+
+
+class MidBlock(nn.Module):
+    """ResNet -> (attention) -> ResNet at the lowest resolution."""
+
+    def __init__(self, ch: int, groups: int, attn: bool):
+        super().__init__()
+        self.attentions = nn.ModuleList([AttnBlock(ch, groups, None)]) if attn else None
+        self.resnets = nn.ModuleList([ResnetBlock(ch, ch, groups, None) for _ in range(2)])
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.resnets[0](x)
+        if self.attentions is not None:
+            x = self.attentions[0](x)
+        return self.resnets[1](x)
+
+
+class Encoder(nn.Module):
+    """Image (B, 3, H, W) in [-1, 1] -> (B, 2 * latent, H / f, W / f): Gaussian mean and log-variance."""
+
+    def __init__(self, cfg: VAEConfig):
+        super().__init__()
+        chs, groups = cfg.block_out_channels, cfg.norm_num_groups
+        self.conv_in = nn.Conv2d(cfg.in_channels, chs[0], 3, padding=1)
+        self.down_blocks = nn.ModuleList(
+            ResAttnStack(
+                chs[max(i - 1, 0)], ch, cfg.layers_per_block, ENCODER_BLOCKS[t], groups, down=i < len(chs) - 1
+            )
+            for i, (t, ch) in enumerate(zip(cfg.down_block_types, chs))
+        )
+        self.mid_block = MidBlock(chs[-1], groups, cfg.mid_block_add_attention)
+        self.conv_norm_out = nn.GroupNorm(groups, chs[-1], eps=EPS)
+        self.conv_out = nn.Conv2d(chs[-1], 2 * cfg.latent_channels, 3, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.conv_in(x)
+        for block in self.down_blocks:
+            x = block(x)
+        return self.conv_out(F.silu(self.conv_norm_out(self.mid_block(x))))
+
+
+class Decoder(nn.Module):
+    """Latent (B, latent, h, w) -> image (B, 3, h * f, w * f)."""
+
+    def __init__(self, cfg: VAEConfig):
+        super().__init__()
+        chs, groups = cfg.block_out_channels[::-1], cfg.norm_num_groups
+        self.conv_in = nn.Conv2d(cfg.latent_channels, chs[0], 3, padding=1)
+        self.mid_block = MidBlock(chs[0], groups, cfg.mid_block_add_attention)
+        self.up_blocks = nn.ModuleList(
+            ResAttnStack(
+                chs[max(i - 1, 0)],
+                ch,
+                cfg.layers_per_block + 1,
+                DECODER_BLOCKS[t],
+                groups,
+                up=i < len(chs) - 1,
+            )
+            for i, (t, ch) in enumerate(zip(cfg.up_block_types, chs))
+        )
+        self.conv_norm_out = nn.GroupNorm(groups, chs[-1], eps=EPS)
+        self.conv_out = nn.Conv2d(chs[-1], cfg.out_channels, 3, padding=1)
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        x = self.mid_block(self.conv_in(z))
+        for block in self.up_blocks:
+            x = block(x)
+        return self.conv_out(F.silu(self.conv_norm_out(x)))
+
+
+class DiagonalGaussian:
+    """The encoder's posterior N(mean, exp(logvar)) (diffusers' `latent_dist`)."""
+
+    def __init__(self, moments: torch.Tensor):
+        self.mean, logvar = moments.chunk(2, dim=1)
+        self.logvar = logvar.clamp(-30.0, 20.0)
+        self.std = torch.exp(0.5 * self.logvar)
+
+    def sample(self, generator: torch.Generator | list[torch.Generator] | None = None) -> torch.Tensor:
+        """mean + std * eps, eps drawn as diffusers' randn_tensor draws it (CPU generators, then moved)."""
+        eps = randn(self.mean.shape, generator=generator, device=self.mean.device, dtype=self.mean.dtype)
+        return self.mean + self.std * eps
+
+    def mode(self) -> torch.Tensor:
+        return self.mean
+
+
+@dataclass
+class EncoderOutput(ModelOutput):
+    latent_dist: DiagonalGaussian
+
+
+@dataclass
+class DecoderOutput(ModelOutput):
+    sample: torch.Tensor
+
+
+class AutoencoderKL(KandiModel):
+    """The FLUX VAE with diffusers' `AutoencoderKL` interface (`encode().latent_dist`, `decode().sample`).
+
+    `tile_size` (latent pixels; None: never) decodes large latents in overlapping tiles blended linearly,
+    so the decoder's activations stay bounded at any image size.
+    """
+
+    config_class = VAEConfig
+    diffusers_name = "AutoencoderKL"
+
+    def __init__(self, config: VAEConfig):
+        super().__init__()
+        self.config = config
+        self.encoder = Encoder(config)
+        self.decoder = Decoder(config)
+        lat = config.latent_channels
+        self.quant_conv = nn.Conv2d(2 * lat, 2 * lat, 1) if config.use_quant_conv else None
+        self.post_quant_conv = nn.Conv2d(lat, lat, 1) if config.use_post_quant_conv else None
+        self.tile_size: int | None = None
+        self.tile_overlap = 8
+
+    def enable_tiling(self, tile_size: int = 64, overlap: int = 8) -> None:
+        if overlap * 2 >= tile_size:
+            raise ValueError(f"tile overlap {overlap} must be under half the tile size {tile_size}")
+        self.tile_size, self.tile_overlap = tile_size, overlap
+
+    def disable_tiling(self) -> None:
+        self.tile_size = None
+
+    def encode(self, x: torch.Tensor) -> EncoderOutput:
+        h = self.encoder(x)
+        if self.quant_conv is not None:
+            h = self.quant_conv(h)
+        return EncoderOutput(latent_dist=DiagonalGaussian(h))
+
+    def _decode(self, z: torch.Tensor) -> torch.Tensor:
+        if self.post_quant_conv is not None:
+            z = self.post_quant_conv(z)
+        return self.decoder(z)
+
+    def decode(self, z: torch.Tensor) -> DecoderOutput:
+        """Latents (B, latent, h, w) -> images (B, 3, h * f, w * f) in about [-1, 1]."""
+        t = self.tile_size
+        if t is None or (z.shape[-2] <= t and z.shape[-1] <= t):
+            return DecoderOutput(sample=self._decode(z))
+        return DecoderOutput(sample=self._decode_tiled(z, t, self.tile_overlap))
+
+    def _decode_tiled(self, z: torch.Tensor, tile: int, overlap: int) -> torch.Tensor:
+        f = self.config.scale_factor
+        b, _, h, w = z.shape
+        out = torch.zeros(b, self.config.out_channels, h * f, w * f, device=z.device, dtype=torch.float32)
+        weight = torch.zeros(1, 1, h * f, w * f, device=z.device, dtype=torch.float32)
+        stride = tile - overlap
+        for y in _starts(h, tile, stride):
+            for x in _starts(w, tile, stride):
+                piece = self._decode(z[:, :, y : y + tile, x : x + tile]).float()
+                ramp = _ramp(piece.shape[-2], piece.shape[-1], overlap * f, y > 0, x > 0, z.device)
+                out[:, :, y * f : y * f + piece.shape[-2], x * f : x * f + piece.shape[-1]] += piece * ramp
+                weight[:, :, y * f : y * f + piece.shape[-2], x * f : x * f + piece.shape[-1]] += ramp
+        return (out / weight).to(z.dtype)
+
+    def forward(self, sample: torch.Tensor) -> DecoderOutput:
+        return self.decode(self.encode(sample).latent_dist.mode())
+
+
+def _starts(size: int, tile: int, stride: int) -> list[int]:
+    """Tile origins covering [0, size): every `stride`, the last one flush with the end."""
+    if size <= tile:
+        return [0]
+    starts = list(range(0, size - tile, stride))
+    return starts + [size - tile]
+
+
+def _ramp(h: int, w: int, n: int, top: bool, left: bool, device: torch.device) -> torch.Tensor:
+    """Blend weights: rising linearly over the first n rows/columns where a tile overlaps its neighbour."""
+    ry = torch.ones(h, device=device)
+    rx = torch.ones(w, device=device)
+    if top:
+        ry[:n] = torch.linspace(1 / (n + 1), n / (n + 1), n, device=device)
+    if left:
+        rx[:n] = torch.linspace(1 / (n + 1), n / (n + 1), n, device=device)
+    return ry[:, None] * rx[None, :]

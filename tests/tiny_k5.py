@@ -1,0 +1,148 @@
+"""Tiny Kandinsky 5 components (diffusers' test sizes), built offline."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+QWEN_SPECIAL = [
+    "<|endoftext|>",
+    "<|im_start|>",
+    "<|im_end|>",
+    "<|vision_start|>",
+    "<|vision_end|>",
+    "<|image_pad|>",
+]
+
+
+def qwen_tokenizer(folder: Path):
+    """A byte-level BPE tokenizer with Qwen's special tokens (no merges: one token per byte)."""
+    from tiny import _byte_chars
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {c: i for i, c in enumerate(_byte_chars())}
+    tok = Tokenizer(models.BPE(vocab=vocab, merges=[]))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
+    tok.decoder = decoders.ByteLevel()
+    tok.add_special_tokens(QWEN_SPECIAL)
+    folder.mkdir(parents=True, exist_ok=True)
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<|endoftext|>", eos_token="<|im_end|>")
+    fast.save_pretrained(folder)
+    return fast
+
+
+class ProcessorShim:
+    """What diffusers' T2I pipeline calls on its Qwen2VLProcessor (text only), over a plain tokenizer."""
+
+    def __init__(self, tokenizer):
+        self.tokenizer = tokenizer
+
+    def __call__(self, text, images=None, videos=None, **kw):
+        return self.tokenizer(text, **kw)
+
+    def decode(self, ids):
+        return self.tokenizer.decode(ids)
+
+
+def t2i_components(workdir: Path) -> dict:
+    import diffusers
+    from tiny import _jitter, clip_tokenizer
+    from transformers import (
+        CLIPTextConfig,
+        CLIPTextModel,
+        Qwen2_5_VLConfig,
+        Qwen2_5_VLForConditionalGeneration,
+    )
+
+    torch.manual_seed(0)
+    vae = diffusers.AutoencoderKL(
+        act_fn="silu",
+        block_out_channels=[32, 64],
+        down_block_types=["DownEncoderBlock2D"] * 2,
+        force_upcast=True,
+        in_channels=3,
+        latent_channels=16,
+        layers_per_block=1,
+        mid_block_add_attention=False,
+        norm_num_groups=32,
+        out_channels=3,
+        sample_size=128,
+        scaling_factor=0.3611,
+        shift_factor=0.1159,
+        up_block_types=["UpDecoderBlock2D"] * 2,
+        use_post_quant_conv=False,
+        use_quant_conv=False,
+    )
+    h = 32
+    torch.manual_seed(0)
+    qcfg = Qwen2_5_VLConfig(
+        text_config={
+            "hidden_size": h,
+            "intermediate_size": h,
+            "num_hidden_layers": 2,
+            "num_attention_heads": 2,
+            "num_key_value_heads": 2,
+            "rope_theta": 1000000.0,
+            "rope_scaling": {"mrope_section": [2, 2, 4], "rope_type": "default", "type": "default"},
+        },
+        vision_config={
+            "depth": 2,
+            "hidden_size": h,
+            "intermediate_size": h,
+            "num_heads": 2,
+            "out_hidden_size": h,
+        },
+        hidden_size=h,
+        vocab_size=512,
+        vision_end_token_id=261,
+        vision_start_token_id=260,
+        image_token_id=262,
+        vision_token_id=262,
+    )
+    qwen = Qwen2_5_VLForConditionalGeneration(qcfg).eval()
+    torch.manual_seed(0)
+    clip = CLIPTextModel(
+        CLIPTextConfig(
+            bos_token_id=0,
+            eos_token_id=2,
+            hidden_size=16,
+            intermediate_size=16,
+            layer_norm_eps=1e-05,
+            num_attention_heads=2,
+            num_hidden_layers=2,
+            pad_token_id=1,
+            vocab_size=1000,
+            projection_dim=16,
+        )
+    ).eval()
+    torch.manual_seed(0)
+    dit = diffusers.Kandinsky5Transformer3DModel(
+        in_visual_dim=16,
+        in_text_dim=h,
+        in_text_dim2=16,
+        time_dim=16,
+        out_visual_dim=16,
+        patch_size=(1, 2, 2),
+        model_dim=16,
+        ff_dim=32,
+        num_text_blocks=1,
+        num_visual_blocks=2,
+        axes_dims=(1, 1, 2),
+        visual_cond=False,
+    ).eval()
+    _jitter(dit, 0.1)
+    return {
+        "vae": vae.eval(),
+        "text_encoder": qwen,
+        "tokenizer": qwen_tokenizer(workdir / "qwen_tok"),
+        "text_encoder_2": clip,
+        "tokenizer_2": clip_tokenizer(workdir / "clip_tok"),
+        "transformer": dit,
+        "scheduler": diffusers.FlowMatchEulerDiscreteScheduler(shift=7.0),
+    }
+
+
+__all__ = ["ProcessorShim", "json", "qwen_tokenizer", "t2i_components"]
