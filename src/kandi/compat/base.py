@@ -22,18 +22,15 @@ from .lora import LoraLoaderMixin
 
 log = logging.getLogger(__name__)
 
-# from_pretrained keywords that diffusers takes and kandi has no use for (accepted, ignored)
-_IGNORED_LOAD_KWARGS = {"low_cpu_mem_usage", "use_safetensors", "use_onnx", "force_download", "proxies",
-                        "output_loading_info", "resume_download", "mirror", "custom_revision", "provider",
-                        "sess_options", "offload_folder", "offload_state_dict", "max_memory", "dduf_file",
-                        "quantization_config", "use_flashpack", "disable_mmap"}  # fmt: skip
-_HUB_KWARGS = ("revision", "cache_dir", "local_files_only", "token")
 
 
 class DiffusionPipeline(LoraLoaderMixin):
     """Base class of kandi's diffusers-compatible pipelines (and the entry point `DiffusionPipeline.from_pretrained`)."""
 
     _components: ClassVar[tuple[str, ...]] = ()
+    # only this class (not a subclass: the flag is read from the class's own __dict__) picks the
+    # pipeline class from model_index.json in from_pretrained
+    _picks_class_from_index: ClassVar[bool] = True
     _optional_components: ClassVar[tuple[str, ...]] = ()
     model_cpu_offload_seq: ClassVar[str] = ""
     _exclude_from_cpu_offload: ClassVar[tuple[str, ...]] = ()

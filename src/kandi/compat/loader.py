@@ -21,6 +21,14 @@ from ..loading.pipeline import load_components, read_model_index
 
 log = logging.getLogger(__name__)
 
+# from_pretrained keywords that diffusers takes and kandi has no use for (accepted, ignored)
+_IGNORED_LOAD_KWARGS = {"low_cpu_mem_usage", "use_safetensors", "use_onnx", "force_download", "proxies",
+                        "output_loading_info", "resume_download", "mirror", "custom_revision", "provider",
+                        "sess_options", "offload_folder", "offload_state_dict", "max_memory", "dduf_file",
+                        "quantization_config", "use_flashpack", "disable_mmap"}  # fmt: skip
+_HUB_KWARGS = ("revision", "cache_dir", "local_files_only", "token")
+
+
 # diffusers pipeline class name -> kandi module holding the class of the same name
 _K22 = "kandi.compat.kandinsky22"
 _K22_EDIT = "kandi.compat.kandinsky22_edit"
@@ -72,8 +80,6 @@ def pipeline_class(name: str) -> type:
 
 
 def _split_kwargs(cls: type, kwargs: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
-    from .base import _HUB_KWARGS, _IGNORED_LOAD_KWARGS
-
     hub = {k: kwargs.pop(k) for k in _HUB_KWARGS if k in kwargs}
     opts = {k: kwargs.pop(k) for k in ("torch_dtype", "variant", "load_connected_pipeline") if k in kwargs}
     for k in list(kwargs):
@@ -107,9 +113,7 @@ def load_pipeline(cls: type, name_or_path: str | os.PathLike, kwargs: dict[str, 
 
 
 def _choose_class(cls: type, index_class: str, connected: bool) -> type:
-    from .base import DiffusionPipeline
-
-    if cls is not DiffusionPipeline:
+    if not cls.__dict__.get("_picks_class_from_index"):
         return cls
     name = CONNECTED.get(index_class, index_class) if connected else index_class
     return pipeline_class(name)
