@@ -11,6 +11,9 @@ import torch
 
 from ..errors import CheckpointError
 from .checkpoints import load_model_from_dir, read_json
+from .hub import weight_sets
+
+DtypeSpec = torch.dtype | dict[str, torch.dtype] | None
 
 log = logging.getLogger(__name__)
 
@@ -106,6 +109,45 @@ def _load_transformers(
     return obj.eval() if is_model else obj
 
 
+def variant_components(root: Path, index: dict[str, Any], variant: str) -> list[str]:
+    """The components of the pipeline folder `root` that hold `variant` weights (e.g. `*.fp16.safetensors`)."""
+    found = []
+    for name in index:
+        folder = root / name
+        if name.startswith("_") or not folder.is_dir():
+            continue
+        if any(s.variant == variant for s in weight_sets([p.name for p in folder.iterdir()])):
+            found.append(name)
+    return found
+
+
+def check_dtypes(dtype: Any) -> None:
+    """`torch_dtype`/`dtype` is a torch.dtype, or a dict of them by component name (with an optional "default")."""
+    if dtype is None or isinstance(dtype, torch.dtype):
+        return
+    if isinstance(dtype, dict):
+        bad = {k: v for k, v in dtype.items() if not (isinstance(k, str) and isinstance(v, torch.dtype))}
+        if not bad:
+            return
+        raise TypeError(
+            f"a torch_dtype dict maps component names to torch dtypes, e.g. {{'unet': torch.bfloat16, "
+            f"'default': torch.float16}}; these entries are not: {bad!r}"
+        )
+    raise TypeError(
+        f"torch_dtype must be a torch.dtype such as torch.float16, or a dict of them by component name, got {dtype!r}"
+    )
+
+
+def component_dtype(dtype: DtypeSpec, name: str, *aliases: str) -> torch.dtype | None:
+    """The dtype for component `name`: its own entry of a dict (or an alias's), else "default", else float32."""
+    if not isinstance(dtype, dict):
+        return dtype
+    for key in (name, *aliases):
+        if key in dtype:
+            return dtype[key]
+    return dtype.get("default", torch.float32)
+
+
 def _is_name(x: Any) -> bool:
     return x is None or isinstance(x, str)
 
@@ -116,8 +158,9 @@ def load_components(
     names: list[str],
     passed: dict[str, Any],
     *,
-    torch_dtype: torch.dtype | None,
+    torch_dtype: DtypeSpec,
     variant: str | None,
+    prefix: str = "",
 ) -> dict[str, Any]:
     """Components `names` of the pipeline folder `root`; objects in `passed` are used instead of loading."""
     out: dict[str, Any] = {}
@@ -136,9 +179,10 @@ def load_components(
                 f"{root / 'model_index.json'}: entry {name!r} should be [library, class], got {spec!r}"
             )
         library, class_name = spec
-        out[name] = (
-            None
-            if class_name is None
-            else load_component(root, name, library, class_name, torch_dtype=torch_dtype, variant=variant)
-        )
+        if class_name is None:
+            out[name] = None
+            continue
+        dtype = component_dtype(torch_dtype, prefix + name, name)
+        out[name] = load_component(root, name, library, class_name, torch_dtype=dtype, variant=variant)
+        log.info("loaded %s%s (%s.%s) from %s", prefix, name, library, class_name, root / name)
     return out
