@@ -138,14 +138,11 @@ def check_dtypes(dtype: Any) -> None:
     )
 
 
-def component_dtype(dtype: DtypeSpec, name: str, *aliases: str) -> torch.dtype | None:
-    """The dtype for component `name`: its own entry of a dict (or an alias's), else "default", else float32."""
+def component_dtype(dtype: DtypeSpec, name: str) -> torch.dtype | None:
+    """The dtype for component `name` (as the pipeline names it): its entry of a dict, else "default", else float32."""
     if not isinstance(dtype, dict):
         return dtype
-    for key in (name, *aliases):
-        if key in dtype:
-            return dtype[key]
-    return dtype.get("default", torch.float32)
+    return dtype.get(name, dtype.get("default", torch.float32))
 
 
 def _is_name(x: Any) -> bool:
@@ -182,7 +179,7 @@ def load_components(
         if class_name is None:
             out[name] = None
             continue
-        dtype = component_dtype(torch_dtype, prefix + name, name)
+        dtype = component_dtype(torch_dtype, prefix + name)
         out[name] = load_component(root, name, library, class_name, torch_dtype=dtype, variant=variant)
         log.info("loaded %s%s (%s.%s) from %s", prefix, name, library, class_name, root / name)
     return out
