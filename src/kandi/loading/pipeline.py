@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
+import importlib.util
 import logging
 import re
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -92,18 +95,43 @@ def load_component(
     )
 
 
+def _transformers_class(transformers: Any, class_name: str) -> Any:
+    # Without torchvision, transformers 5 swaps an image processor for its PIL backend and logs a warning
+    # saying so on every load: ask for that backend by name, which is what it would load anyway.
+    if class_name.endswith("ImageProcessor") and importlib.util.find_spec("torchvision") is None:
+        pil = getattr(transformers, class_name + "Pil", None)
+        if pil is not None:
+            return pil
+    return getattr(transformers, class_name, None)
+
+
+@contextlib.contextmanager
+def _no_progress_bar() -> Iterator[None]:
+    """transformers' "Loading weights" bar off for one load (a few ms per component; noise on a terminal)."""
+    from transformers.utils import logging as tlog
+
+    was = tlog.is_progress_bar_enabled()
+    tlog.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was:
+            tlog.enable_progress_bar()
+
+
 def _load_transformers(
     folder: Path, class_name: str, torch_dtype: torch.dtype | None, variant: str | None
 ) -> Any:
     import transformers
 
-    cls = getattr(transformers, class_name, None)
+    cls = _transformers_class(transformers, class_name)
     if cls is None:
         raise CheckpointError(f"{folder}: transformers has no class {class_name}")
     is_model = issubclass(cls, transformers.PreTrainedModel)
     kw = _transformers_kwargs(torch_dtype, variant, folder) if is_model else {}
     try:
-        obj = cls.from_pretrained(str(folder), **kw)
+        with _no_progress_bar():
+            obj = cls.from_pretrained(str(folder), **kw)
     except Exception as e:
         raise CheckpointError(f"could not load {class_name} from {folder}: {type(e).__name__}: {e}") from None
     return obj.eval() if is_model else obj
