@@ -176,3 +176,21 @@ def test_device_map_images_equal_a_pipeline_moved_with_to(offline_hub):
     a = mapped(generator=torch.Generator().manual_seed(0), **kw).images
     b = moved(generator=torch.Generator().manual_seed(0), **kw).images
     assert (a == b).all()
+
+
+def test_cli_facing_loaders_refuse_a_missing_variant_or_fall_back_with_a_warning(
+    offline_hub, k3_repo, caplog
+):
+    from kandi.pipelines.k3_tasks import K3Models
+    from kandi.pipelines.k22_tasks import K22Models
+
+    with pytest.raises(VariantNotFoundError, match="variant='fp16'"):
+        K22Models.load(K22["decoder"], K22["prior"], variant="fp16")
+    with caplog.at_level(logging.WARNING, logger="kandi"):
+        K22Models.load(K22["decoder"], K22["prior"], variant="fp16", variant_fallback=True)
+    assert sum("has no fp16 weights" in r.getMessage() for r in caplog.records) == 2  # prior and decoder
+    with pytest.raises(VariantNotFoundError, match="variant='bf16'"):
+        K3Models.load(str(k3_repo), variant="bf16")
+    assert (
+        K3Models.load(str(k3_repo), variant="fp16").unet.dtype == torch.float32
+    )  # fp16 files, float32 asked

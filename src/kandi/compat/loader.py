@@ -15,9 +15,9 @@ from typing import Any
 
 import torch
 
-from ..errors import CheckpointError, VariantNotFoundError
+from ..errors import CheckpointError
 from ..loading.hub import connected_repos, resolve_repo_dir
-from ..loading.pipeline import check_dtypes, load_components, read_model_index, variant_components
+from ..loading.pipeline import check_dtypes, check_variant, load_components, read_model_index
 
 log = logging.getLogger(__name__)
 
@@ -113,19 +113,6 @@ def device_map_target(device_map: Any) -> torch.device | None:
     if device_map == "balanced":
         return acc if acc is not None else torch.device("cpu")
     return torch.device(device_map)
-
-
-def check_variant(root: Path, index: dict, variant: str | None, fallback: bool = False) -> str | None:
-    """The variant to load from `root`: `variant` when a component has it (diffusers' rule: the others then
-    load their plain weights), else a VariantNotFoundError, or None with one warning when `fallback`."""
-    if variant is None or variant_components(root, index, variant):
-        return variant
-    checked = [n for n in index if not n.startswith("_") and (root / n).is_dir()]
-    err = VariantNotFoundError(variant, root, checked)
-    if not fallback:
-        raise err
-    log.warning("%s has no %s weights; loading its plain weights", root, variant)
-    return None
 
 
 def load_pipeline(cls: type, name_or_path: str | os.PathLike, kwargs: dict[str, Any]) -> Any:

@@ -12,7 +12,7 @@ from typing import Any
 
 import torch
 
-from ..errors import CheckpointError
+from ..errors import CheckpointError, VariantNotFoundError
 from .checkpoints import load_model_from_dir, read_json
 from .hub import weight_sets
 
@@ -147,6 +147,19 @@ def variant_components(root: Path, index: dict[str, Any], variant: str) -> list[
         if any(s.variant == variant for s in weight_sets([p.name for p in folder.iterdir()])):
             found.append(name)
     return found
+
+
+def check_variant(root: Path, index: dict, variant: str | None, fallback: bool = False) -> str | None:
+    """The variant to load from `root`: `variant` when a component has it (diffusers' rule: the others then
+    load their plain weights), else a VariantNotFoundError, or None with one warning when `fallback`."""
+    if variant is None or variant_components(root, index, variant):
+        return variant
+    checked = [n for n in index if not n.startswith("_") and (root / n).is_dir()]
+    err = VariantNotFoundError(variant, root, checked)
+    if not fallback:
+        raise err
+    log.warning("%s has no %s weights; loading its plain weights", root, variant)
+    return None
 
 
 def check_dtypes(dtype: Any) -> None:
