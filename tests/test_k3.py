@@ -71,7 +71,9 @@ def test_t2i_parity_with_prompt_embeddings_passed_back(lib):
     pe, ne, am, nm = lib["diffusers"]["t2i"].encode_prompt(
         PROMPTS[1], True, 1, "cpu", "dark", _cut_context=True
     )
-    kpe, kne, kam, knm = lib["kandi"]["t2i"].encode_prompt(PROMPTS[1], True, 1, "cpu", "dark")
+    kpe, kne, kam, knm = lib["kandi"]["t2i"].encode_prompt(
+        PROMPTS[1], True, 1, "cpu", "dark", _cut_context=True
+    )
     for a, b in ((pe, kpe), (ne, kne), (am, kam), (nm, knm)):
         close(a, b)
     kw = dict(prompt_embeds=pe, negative_prompt_embeds=ne, attention_mask=am, negative_attention_mask=nm)

@@ -29,3 +29,18 @@ def warn_once(message: str) -> None:
         import warnings
 
         warnings.warn(message, KandiWarning, stacklevel=3)
+
+
+class VariantNotFoundError(CheckpointError):
+    """`variant=` names weights that no component of a pipeline folder has (e.g. no `*.fp16.safetensors`)."""
+
+    def __init__(self, variant: str, root: object, components: list[str]) -> None:
+        self.variant = variant
+        self.root = root
+        self.components = list(components)  # the components that were looked at, none has the variant
+        super().__init__(
+            f"variant={variant!r} was asked for, but no component of {root} has {variant} weights "
+            f"(looked in {', '.join(self.components) or 'no component'}: none has a file like "
+            f"diffusion_pytorch_model.{variant}.safetensors or model.{variant}.safetensors); "
+            "leave out variant= to load the plain weights"
+        )

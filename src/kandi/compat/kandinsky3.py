@@ -66,15 +66,17 @@ class Kandinsky3Pipeline(_Guided, DiffusionPipeline):
     ):
         """(prompt_embeds, negative_prompt_embeds, attention_mask, negative_attention_mask), as diffusers.
 
-        kandi always cuts the context to the longest prompt (diffusers' pipelines pass `_cut_context=True`).
+        As diffusers, the embeddings are padded to 128 tokens unless `_cut_context=True` (which keeps the
+        longest prompt's tokens + 1, as the generation does).
         """
         device = torch.device(device) if device is not None else self._unet_device()
         t = self._text(prompt, negative_prompt, prompt_embeds, negative_prompt_embeds, attention_mask,
-                       negative_attention_mask, num_images_per_prompt, do_classifier_free_guidance, device)  # fmt: skip
+                       negative_attention_mask, num_images_per_prompt, do_classifier_free_guidance, device,
+                       cut=bool(_cut_context))  # fmt: skip
         return t.embeds, t.negative_embeds, t.mask, t.negative_mask
 
     def _text(self, prompt, negative_prompt, prompt_embeds, negative_prompt_embeds, attention_mask,
-              negative_attention_mask, n, guided, device) -> k3.K3Text:  # fmt: skip
+              negative_attention_mask, n, guided, device, cut: bool = True) -> k3.K3Text:  # fmt: skip
         dtype = self.unet.dtype
         if prompt_embeds is not None:
             t = k3.K3Text(prompt_embeds, attention_mask, negative_prompt_embeds, negative_attention_mask)
@@ -91,11 +93,17 @@ class Kandinsky3Pipeline(_Guided, DiffusionPipeline):
                     )
             if not guided:
                 t.negative_embeds = t.negative_mask = None
+            if cut and t.mask is not None:  # padded embeddings from encode_prompt(): cut as diffusers does
+                keep = int(t.mask.sum(-1).max()) + 1
+                t.embeds, t.mask = t.embeds[:, :keep], t.mask[:, :keep]
+                if t.negative_embeds is not None:
+                    t.negative_embeds = t.negative_embeds[:, :keep]
+                    t.negative_mask = None if t.negative_mask is None else t.negative_mask[:, :keep]
             return k3._expand(t, n, device, dtype)
         prompts = checks.check_prompts("prompt", prompt)
         negs = checks.check_negative(negative_prompt, prompts)
         return k3.encode_text(self.tokenizer, self._text_encoder(), prompts, negs, n, guided, device, dtype,
-                              self.prompt_cache)  # fmt: skip
+                              self.prompt_cache, cut=cut)  # fmt: skip
 
     def _text_encoder(self) -> Any:
         self._placement.use(self.text_encoder)

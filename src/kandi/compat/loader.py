@@ -17,7 +17,7 @@ import torch
 
 from ..errors import CheckpointError
 from ..loading.hub import connected_repos, resolve_repo_dir
-from ..loading.pipeline import load_components, read_model_index
+from ..loading.pipeline import check_dtypes, check_variant, load_components, read_model_index
 
 log = logging.getLogger(__name__)
 
@@ -81,34 +81,72 @@ def pipeline_class(name: str) -> type:
 
 def _split_kwargs(cls: type, kwargs: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
     hub = {k: kwargs.pop(k) for k in _HUB_KWARGS if k in kwargs}
-    opts = {k: kwargs.pop(k) for k in ("torch_dtype", "variant", "load_connected_pipeline") if k in kwargs}
+    names = ("torch_dtype", "dtype", "variant", "variant_fallback", "load_connected_pipeline", "device_map")
+    opts = {k: kwargs.pop(k) for k in names if k in kwargs}
     for k in list(kwargs):
         if k in _IGNORED_LOAD_KWARGS:
             kwargs.pop(k)
-        elif k == "device_map" and kwargs[k] is not None:
-            raise NotImplementedError(
-                "device_map is not supported by kandi; use pipe.to(device) or enable_model_cpu_offload()"
-            )
     return hub, opts, kwargs
 
 
+def resolve_dtype(opts: dict[str, Any]) -> Any:
+    """`dtype=` (diffusers 0.42) or its older name `torch_dtype=`; both given is an error, as in diffusers."""
+    dtype, torch_dtype = opts.get("dtype"), opts.get("torch_dtype")
+    if dtype is not None and torch_dtype is not None:
+        raise ValueError(
+            "from_pretrained got both dtype= and torch_dtype=; pass only dtype= (torch_dtype is its old name)"
+        )
+    dtype = torch_dtype if dtype is None else dtype
+    check_dtypes(dtype)
+    return dtype
+
+
+def device_map_target(device_map: Any) -> torch.device | None:
+    """The device a `device_map` puts every component on: "cpu", the accelerator ("cuda", ...) or "balanced".
+
+    kandi runs one device, so "balanced" (diffusers: spread the components over the accelerators) places them
+    all on the accelerator, or on the CPU where there is none.
+    """
+    from ..pipelines.common import accelerator_device
+
+    if device_map is None:
+        return None
+    acc = accelerator_device()
+    accepted = ["balanced", "cpu"] + ([acc.type] if acc is not None else [])
+    if not isinstance(device_map, str) or device_map not in accepted:
+        raise ValueError(
+            f"device_map={device_map!r} is not supported; accepted: {', '.join(map(repr, accepted))}"
+        )
+    if device_map == "balanced":
+        return acc if acc is not None else torch.device("cpu")
+    return torch.device(device_map)
+
+
 def load_pipeline(cls: type, name_or_path: str | os.PathLike, kwargs: dict[str, Any]) -> Any:
+    """`cls.from_pretrained(name_or_path, **kwargs)`; `variant_fallback=True` (kandi's own keyword, for the
+    CLI) loads the plain weights with one warning where diffusers would raise for a missing variant."""
     hub, opts, passed = _split_kwargs(cls, dict(kwargs))
-    dtype: torch.dtype | None = opts.get("torch_dtype")
-    if dtype is not None and not isinstance(dtype, torch.dtype):
-        raise TypeError(f"torch_dtype must be a torch.dtype such as torch.float16, got {dtype!r}")
-    variant = opts.get("variant")
+    dtype = resolve_dtype(opts)
+    device = device_map_target(opts.get("device_map"))
+    variant, fallback = opts.get("variant"), bool(opts.get("variant_fallback"))
     root = resolve_repo_dir(
         name_or_path, variant=variant, role=getattr(cls, "_repo_role", "decoder_repo"), **hub
     )
     index = read_model_index(root)
+    variant_here = check_variant(root, index, variant, fallback)
     target = _choose_class(cls, index["_class_name"], bool(opts.get("load_connected_pipeline")))
     unknown = sorted(k for k in passed if k not in target._components and not k.startswith("prior_"))
     if unknown:
         log.warning("%s.from_pretrained ignores unexpected arguments %s", target.__name__, unknown)
-    comps = _gather(target, root, index, passed, dtype, variant, hub)
+    comps = _gather(target, root, index, passed, dtype, variant_here, variant, fallback, hub)
     pipe = target(**comps)
     pipe._name_or_path = str(name_or_path)
+    if device is not None:
+        pipe.to(device)
+        if opts.get("device_map") == "balanced":
+            pipe.hf_device_map = {n: str(device) for n, _ in pipe._modules()}
+    loaded = ", ".join(n for n, c in comps.items() if c is not None)
+    log.info("loaded %s from %s: %s", target.__name__, name_or_path, loaded)
     return pipe
 
 
@@ -119,18 +157,28 @@ def _choose_class(cls: type, index_class: str, connected: bool) -> type:
     return pipeline_class(name)
 
 
-def _gather(target: type, root: Path, index: dict, passed: dict, dtype, variant, hub: dict) -> dict[str, Any]:
+def _gather(
+    target: type,
+    root: Path,
+    index: dict,
+    passed: dict,
+    dtype,
+    variant_here,
+    variant,
+    fallback: bool,
+    hub: dict,
+) -> dict[str, Any]:
     names = list(target._components)
     local = [n for n in names if n in index or n in passed or not n.startswith("prior_")]
-    comps = load_components(root, index, local, passed, torch_dtype=dtype, variant=variant)
+    comps = load_components(root, index, local, passed, torch_dtype=dtype, variant=variant_here)
     rest = [n for n in names if n not in comps]
     if rest:
-        comps.update(_load_connected_prior(target, root, rest, passed, dtype, variant, hub))
+        comps.update(_load_connected_prior(target, root, rest, passed, dtype, variant, fallback, hub))
     return comps
 
 
 def _load_connected_prior(
-    target: type, root: Path, names: list[str], passed: dict, dtype, variant, hub: dict
+    target: type, root: Path, names: list[str], passed: dict, dtype, variant, fallback: bool, hub: dict
 ) -> dict:
     repo = connected_repos(root).get("prior")
     if repo is None:
@@ -140,7 +188,10 @@ def _load_connected_prior(
         )
     prior_root = resolve_repo_dir(repo, variant=variant, **hub)
     index = read_model_index(prior_root)
+    variant = check_variant(prior_root, index, variant, fallback)
     inner = [n[len("prior_") :] for n in names]
     inner_passed = {k[len("prior_") :]: v for k, v in passed.items() if k.startswith("prior_")}
-    loaded = load_components(prior_root, index, inner, inner_passed, torch_dtype=dtype, variant=variant)
+    loaded = load_components(
+        prior_root, index, inner, inner_passed, torch_dtype=dtype, variant=variant, prefix="prior_"
+    )
     return {"prior_" + k: v for k, v in loaded.items()}

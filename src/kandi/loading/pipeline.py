@@ -2,15 +2,21 @@
 
 from __future__ import annotations
 
+import contextlib
+import importlib.util
 import logging
 import re
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from ..errors import CheckpointError
+from ..errors import CheckpointError, VariantNotFoundError
 from .checkpoints import load_model_from_dir, read_json
+from .hub import weight_sets
+
+DtypeSpec = torch.dtype | dict[str, torch.dtype] | None
 
 log = logging.getLogger(__name__)
 
@@ -100,21 +106,95 @@ def load_component(
     )
 
 
+def _transformers_class(transformers: Any, class_name: str) -> Any:
+    # Without torchvision, transformers 5 swaps an image processor for its PIL backend and logs a warning
+    # saying so on every load: ask for that backend by name, which is what it would load anyway.
+    if class_name.endswith("ImageProcessor") and importlib.util.find_spec("torchvision") is None:
+        pil = getattr(transformers, class_name + "Pil", None)
+        if pil is not None:
+            return pil
+    return getattr(transformers, class_name, None)
+
+
+@contextlib.contextmanager
+def _no_progress_bar() -> Iterator[None]:
+    """transformers' "Loading weights" bar off for one load (a few ms per component; noise on a terminal)."""
+    from transformers.utils import logging as tlog
+
+    was = tlog.is_progress_bar_enabled()
+    tlog.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was:
+            tlog.enable_progress_bar()
+
+
 def _load_transformers(
     folder: Path, class_name: str, torch_dtype: torch.dtype | None, variant: str | None
 ) -> Any:
     import transformers
 
-    cls = getattr(transformers, class_name, None)
+    cls = _transformers_class(transformers, class_name)
     if cls is None:
         raise CheckpointError(f"{folder}: transformers has no class {class_name}")
     is_model = issubclass(cls, transformers.PreTrainedModel)
     kw = _transformers_kwargs(torch_dtype, variant, folder) if is_model else {}
     try:
-        obj = cls.from_pretrained(str(folder), **kw)
+        with _no_progress_bar():
+            obj = cls.from_pretrained(str(folder), **kw)
     except Exception as e:
         raise CheckpointError(f"could not load {class_name} from {folder}: {type(e).__name__}: {e}") from None
     return obj.eval() if is_model else obj
+
+
+def variant_components(root: Path, index: dict[str, Any], variant: str) -> list[str]:
+    """The components of the pipeline folder `root` that hold `variant` weights (e.g. `*.fp16.safetensors`)."""
+    found = []
+    for name in index:
+        folder = root / name
+        if name.startswith("_") or not folder.is_dir():
+            continue
+        if any(s.variant == variant for s in weight_sets([p.name for p in folder.iterdir()])):
+            found.append(name)
+    return found
+
+
+def check_variant(root: Path, index: dict, variant: str | None, fallback: bool = False) -> str | None:
+    """The variant to load from `root`: `variant` when a component has it (diffusers' rule: the others then
+    load their plain weights), else a VariantNotFoundError, or None with one warning when `fallback`."""
+    if variant is None or variant_components(root, index, variant):
+        return variant
+    checked = [n for n in index if not n.startswith("_") and (root / n).is_dir()]
+    err = VariantNotFoundError(variant, root, checked)
+    if not fallback:
+        raise err
+    log.warning("%s has no %s weights; loading its plain weights", root, variant)
+    return None
+
+
+def check_dtypes(dtype: Any) -> None:
+    """`torch_dtype`/`dtype` is a torch.dtype, or a dict of them by component name (with an optional "default")."""
+    if dtype is None or isinstance(dtype, torch.dtype):
+        return
+    if isinstance(dtype, dict):
+        bad = {k: v for k, v in dtype.items() if not (isinstance(k, str) and isinstance(v, torch.dtype))}
+        if not bad:
+            return
+        raise TypeError(
+            f"a torch_dtype dict maps component names to torch dtypes, e.g. {{'unet': torch.bfloat16, "
+            f"'default': torch.float16}}; these entries are not: {bad!r}"
+        )
+    raise TypeError(
+        f"torch_dtype must be a torch.dtype such as torch.float16, or a dict of them by component name, got {dtype!r}"
+    )
+
+
+def component_dtype(dtype: DtypeSpec, name: str) -> torch.dtype | None:
+    """The dtype for component `name` (as the pipeline names it): its entry of a dict, else "default", else float32."""
+    if not isinstance(dtype, dict):
+        return dtype
+    return dtype.get(name, dtype.get("default", torch.float32))
 
 
 def _is_name(x: Any) -> bool:
@@ -127,8 +207,9 @@ def load_components(
     names: list[str],
     passed: dict[str, Any],
     *,
-    torch_dtype: torch.dtype | None,
+    torch_dtype: DtypeSpec,
     variant: str | None,
+    prefix: str = "",
 ) -> dict[str, Any]:
     """Components `names` of the pipeline folder `root`; objects in `passed` are used instead of loading."""
     out: dict[str, Any] = {}
@@ -147,9 +228,10 @@ def load_components(
                 f"{root / 'model_index.json'}: entry {name!r} should be [library, class], got {spec!r}"
             )
         library, class_name = spec
-        out[name] = (
-            None
-            if class_name is None
-            else load_component(root, name, library, class_name, torch_dtype=torch_dtype, variant=variant)
-        )
+        if class_name is None:
+            out[name] = None
+            continue
+        dtype = component_dtype(torch_dtype, prefix + name)
+        out[name] = load_component(root, name, library, class_name, torch_dtype=dtype, variant=variant)
+        log.info("loaded %s%s (%s.%s) from %s", prefix, name, library, class_name, root / name)
     return out

@@ -323,22 +323,26 @@ def decoder_loop(
             pred = pred[:, :channels]
         s.latents = scheduler.step(pred, ts_host[i], s.latents, **draw)[0]
         if inpaint is not None and inpaint.reinject:
-            s.latents = _reinject(
-                scheduler, inpaint, s.latents, ts_host[i + 1] if i + 1 < len(ts_host) else None
-            )
+            t_next = ts_host[i + 1] if i + 1 < len(ts_host) else None
+            s.latents = _reinject(scheduler, inpaint, s.latents, t_next, s.mask_image[: len(s.latents)])
         s.i, s.t = i, t
         yield s
     if inpaint is not None and inpaint.reinject:
-        s.latents = inpaint.keep * inpaint.known + (1 - inpaint.keep) * s.latents
+        # with the mask a step callback may have replaced (as diffusers): a callback that zeroes the
+        # latents and the mask at the last step gets its zeros back
+        keep = s.mask_image[: len(s.latents)]
+        s.latents = keep * inpaint.known + (1 - keep) * s.latents
     return s.latents
 
 
-def _reinject(scheduler: Any, inp: Inpaint, latents: torch.Tensor, t_next: int | None) -> torch.Tensor:
-    """Put the known region back, noised to the next step's level (the image itself after the last)."""
+def _reinject(
+    scheduler: Any, inp: Inpaint, latents: torch.Tensor, t_next: int | None, keep: torch.Tensor
+) -> torch.Tensor:
+    """Put the known region (`keep`: the current mask) back, noised to the next step's level."""
     known = inp.known
     if t_next is not None:
         known = scheduler.add_noise(known, inp.noise, torch.tensor([t_next]))
-    return inp.keep * known + (1 - inp.keep) * latents
+    return keep * known + (1 - keep) * latents
 
 
 def noised_latents(

@@ -62,13 +62,14 @@ class K22Models:
 
     @classmethod
     def load(cls, decoder: str, prior: str, torch_dtype: torch.dtype | None = None, variant: str | None = None,
-             shared_prior: K22Models | None = None, **hub: Any) -> K22Models:  # fmt: skip
+             shared_prior: K22Models | None = None, variant_fallback: bool = False,
+             **hub: Any) -> K22Models:  # fmt: skip
         """Load the decoder and prior repos (folders or hub ids) named by a `ModelSpec` or the user.
 
         With `shared_prior`, its prior models are used instead of loading them again (a server holding the
         image, inpainting and ControlNet decoders of one model keeps one prior)."""
         from ..loading.hub import resolve_repo_dir
-        from ..loading.pipeline import load_components, read_model_index
+        from ..loading.pipeline import check_variant, load_components, read_model_index
 
         parts = {}
         if shared_prior is not None:
@@ -81,7 +82,8 @@ class K22Models:
             index = read_model_index(root)
             if repo == decoder and index.get("text_encoder"):  # a 2.1 decoder reads the prompt too
                 names = (*names, *K21_DECODER_PARTS)
-            loaded = load_components(root, index, list(names), {}, torch_dtype=torch_dtype, variant=variant)
+            here = check_variant(root, index, variant, variant_fallback)  # no such weights: error or warning
+            loaded = load_components(root, index, list(names), {}, torch_dtype=torch_dtype, variant=here)
             if repo == prior:
                 loaded["prior_scheduler"] = loaded.pop("scheduler")
             else:

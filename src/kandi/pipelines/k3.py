@@ -102,12 +102,16 @@ def encode_text(
     dtype: torch.dtype,
     cache: PromptCache | None = None,
     placement: Placement | None = None,
+    cut: bool = True,
 ) -> K3Text:
-    """Conditioning for `prompts` (each repeated `n` times), on `device` in `dtype` (the UNet's)."""
+    """Conditioning for `prompts` (each repeated `n` times), on `device` in `dtype` (the UNet's); `cut`
+    keeps only the longest prompt's tokens + 1 (the generation's saving), else all 128 padded tokens."""
     cache = cache or PromptCache(0)
     if placement:
         placement.use(text_encoder)
-    embeds, mask = _cut(*cache.encode(tokenizer, text_encoder, prompts))
+    embeds, mask = cache.encode(tokenizer, text_encoder, prompts)
+    if cut:
+        embeds, mask = _cut(embeds, mask)
     out = K3Text(embeds, mask)
     if guided:
         if negative is None:  # diffusers: all-zero embedding and mask (not the encoding of "")

@@ -35,13 +35,14 @@ class K3Models:
 
     @classmethod
     def load(cls, repo: str, torch_dtype: torch.dtype | None = None, variant: str | None = None,
-             **hub: Any) -> K3Models:  # fmt: skip
+             variant_fallback: bool = False, **hub: Any) -> K3Models:  # fmt: skip
         from ..loading.hub import resolve_repo_dir
-        from ..loading.pipeline import load_components, read_model_index
+        from ..loading.pipeline import check_variant, load_components, read_model_index
 
         root = resolve_repo_dir(repo, variant=variant, **hub)
-        parts = load_components(root, read_model_index(root), list(PARTS), {}, torch_dtype=torch_dtype,
-                                variant=variant)  # fmt: skip
+        index = read_model_index(root)
+        variant = check_variant(root, index, variant, variant_fallback)  # no such weights: error or warning
+        parts = load_components(root, index, list(PARTS), {}, torch_dtype=torch_dtype, variant=variant)
         return cls(**parts, placement=Placement())
 
     def modules(self) -> list[torch.nn.Module]:
