@@ -61,6 +61,8 @@ COMMAND_FIELDS = {  # each command's own arguments (argparse names), besides the
 OPTIONS = ("prompt", "negative_prompt", "model", "prior", "width", "height", "steps", "prior_steps",
            "guidance_scale", "prior_guidance_scale", "seed", "num_images", "scheduler", "lora")  # fmt: skip
 ALIASES = {
+    "sampler": "scheduler",
+    "sampler_name": "scheduler",
     "negative": "negative_prompt",
     "guidance": "guidance_scale",
     "cfg": "guidance_scale",
@@ -105,9 +107,11 @@ def _flag(value: Any) -> bool:
 
 
 def _scheduler(value: Any) -> str:
-    if _text(value).strip().lower() not in ("ddpm", "ddim"):
-        raise ValueError(f"expected ddpm or ddim, got {value!r}")
-    return value.strip().lower()
+    """A sampler by its A1111 or diffusers name, checked as the command line checks it."""
+    from ..schedulers.names import _find
+
+    _find(_text(value))
+    return value.strip()
 
 
 def _items(value: Any) -> list[str]:
@@ -137,6 +141,7 @@ FIELDS: dict[str, Callable[[Any], Any]] = {
     "seed": _typed(seed_int),
     "num_images": _typed(positive_int),
     "scheduler": _scheduler,
+    "sampler": _scheduler,
     "image": _text,
     "mask": _text,
     "hint": _text,

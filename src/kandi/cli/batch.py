@@ -77,7 +77,8 @@ def add_batch_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--guidance-scale", "--cfg", type=finite_float, metavar="SCALE", help="decoder guidance")
     g.add_argument("--prior-guidance-scale", type=finite_float, metavar="SCALE", help="prior guidance")
     g.add_argument("--num-images", type=positive_int, metavar="N", help="images per item (default 1)")
-    g.add_argument("--scheduler", type=str.lower, choices=("ddpm", "ddim"), help="decoder scheduler")
+    g.add_argument("--sampler", "--scheduler", dest="scheduler", metavar="NAME",
+                   help="decoder sampler by its A1111 or diffusers name (e.g. \"DPM++ 2M Karras\")")  # fmt: skip
     r = p.add_argument_group("how to run")
     r.add_argument("--device", help="cpu, cuda, cuda:1, ... (default cuda if available, else cpu)")
     r.add_argument("--dtype", type=dtype_name, help="fp32, fp16 or bf16 (default fp16 on cuda, fp32 on cpu)")

@@ -126,10 +126,12 @@ def add_common_args(p: argparse.ArgumentParser, size_from: str | None = None) ->
     p.add_argument("-o", "--output", metavar="PATH", help="a .png file, or a folder (default outputs/)")
     add_runtime_args(p)
     p.add_argument(
+        "--sampler",
         "--scheduler",
-        type=str.lower,
-        choices=("ddpm", "ddim"),
-        help="decoder scheduler (default the checkpoint's)",
+        dest="scheduler",
+        metavar="NAME",
+        help="decoder sampler, by its A1111 or diffusers name: DDPM, DDIM, \"DPM++ 2M\", \"DPM++ 2M Karras\", "
+        "\"DPM++ 2M SDE (Karras)\", Euler, \"Euler a\" (default the checkpoint's own)",
     )
     p.add_argument(
         "--from-png",
@@ -241,7 +243,7 @@ def run_task(args: argparse.Namespace) -> int:
     device, dtype = runtime(args.device, args.dtype, recorded)
     variant = args.variant or (recorded or {}).get("variant")
     show_progress = not args.quiet and sys.stderr.isatty()
-    p.model, models = load(p.model, device, dtype, variant, args.offline, show_progress)
+    p.model, models = load(p.model, device, dtype, variant, args.offline, show_progress, role=p.role)
     with _Bars(show_progress, total_steps(models, p)) as bars:
         for made, target in zip(run(models, p, variant, bars.step), targets):
             bars.close()

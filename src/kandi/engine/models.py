@@ -48,7 +48,7 @@ def choose_model(
     spec = registered(name)
     if spec is not None:
         decoder = getattr(spec, f"{role}_repo")
-        if decoder is None and spec.family == "k3":
+        if decoder is None and spec.family in ("k3", "k5"):
             raise UsageError(
                 f"{spec.name} makes images from text and redraws images (generate, img2img); for {role} use "
                 "--model kandinsky-2.2"
@@ -74,7 +74,7 @@ def defaults(spec: ModelSpec | None, family: str | None = None) -> dict[str, Any
     s = spec or REGISTRY[DEFAULT_MODEL]
     d = {"width": s.default_size, "height": s.default_size, "steps": s.default_steps,
          "guidance_scale": s.default_guidance}  # fmt: skip
-    if (family or s.family) != "k3":
+    if (family or s.family) not in ("k3", "k31", "k5"):
         d |= {"prior_steps": s.default_prior_steps, "prior_guidance_scale": s.default_prior_guidance}
     return d
 
@@ -115,7 +115,8 @@ def is_k3(model: ModelChoice, variant: str | None, hub: dict[str, Any]) -> bool:
 
 
 def load(model: ModelChoice, device: torch.device, dtype: torch.dtype, variant: str | None = None,
-         offline: bool = False, downloads: bool = False, shared_prior: Any = None) -> tuple[ModelChoice, Any]:  # fmt: skip
+         offline: bool = False, downloads: bool = False, shared_prior: Any = None,
+         role: str = "decoder") -> tuple[ModelChoice, Any]:  # fmt: skip
     """The model's prior and decoder on `device` (the prior from the decoder's model card if not named;
     `shared_prior`: loaded models whose prior is reused when it is the same repo); for Kandinsky 3 its
     one repo. Returns the choice with its prior filled in, and the K22Models or K3Models."""
@@ -126,6 +127,16 @@ def load(model: ModelChoice, device: torch.device, dtype: torch.dtype, variant: 
     hub = {"local_files_only": True} if offline else {}
     try:
         with progress_bars(downloads=downloads):
+            fam = model.spec.family if model.spec else None
+            if fam == "k31":  # ai-forever's own layout: the model's UNet for the task's role
+                from ..pipelines.k31_tasks import load_for_task
+
+                task = "inpaint" if role == "inpaint" else "text_to_image"
+                return replace(model, prior=None), load_for_task(model.spec.name, task, torch_dtype=dtype, **hub).to(device)
+            if fam == "k5":
+                from ..pipelines.k5_tasks import K5Models
+
+                return replace(model, prior=None), K5Models.load(model.decoder, torch_dtype=dtype, variant=variant, **hub).to(device)
             if is_k3(model, variant, hub):  # no prior: text encoder, UNet and MoVQ in one repo
                 from ..pipelines.k3_tasks import K3Models
 
@@ -144,9 +155,15 @@ def load(model: ModelChoice, device: torch.device, dtype: torch.dtype, variant: 
 
 def family(models: Any) -> str:
     from ..pipelines.k3_tasks import K3Models
+    from ..pipelines.k5_tasks import K5Models
+    from ..pipelines.k31_tasks import K31Models
 
     if isinstance(models, K3Models):
         return "k3"
+    if isinstance(models, K31Models):
+        return "k31"
+    if isinstance(models, K5Models):
+        return "k5"
     return "k21" if models.k21 else "k22"
 
 

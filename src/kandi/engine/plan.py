@@ -208,6 +208,13 @@ def _options(
     if d.get("prompt") is None:
         raise UsageError(f"{_say(req, 'prompt')} is needed{_say(req, 'from-png')}", "prompt")
     opts = GenerationOptions.from_dict(d)
+    if opts.scheduler is not None:
+        from ..schedulers.names import _find
+
+        try:
+            _find(opts.scheduler)
+        except ValueError as e:
+            raise RequestError(str(e), "scheduler") from None
     if opts.seed in (None, -1):
         opts.seed = random_seed()
     _check_numbers(opts.to_dict(), req.source)
@@ -215,7 +222,7 @@ def _options(
     check_prompt(opts.prompt, limits, names=req.names)
     check_prompt(opts.negative_prompt, limits, "negative_prompt", req.names)
     check_limits(limits, width=opts.width, height=opts.height, steps=opts.steps, num_images=opts.num_images,
-                 prior_steps=opts.prior_steps if fam != "k3" else None, names=req.names)  # fmt: skip
+                 prior_steps=opts.prior_steps if fam not in ("k3", "k31", "k5") else None, names=req.names)  # fmt: skip
     return opts
 
 

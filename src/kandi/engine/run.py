@@ -63,14 +63,23 @@ class Step:
 
 
 def sampler_name(models: Any, scheduler: str | None) -> str:
-    """A1111's `Sampler`: the decoder scheduler's class without `Scheduler`, e.g. DDPM."""
-    return (scheduler or type(models.scheduler).__name__).removesuffix("Scheduler").upper()
+    """A1111's `Sampler`: the sampler asked for by its A1111 name (DPM++ 2M Karras, Euler a...), else the
+    model's own scheduler class without `Scheduler` (DDPM)."""
+    if scheduler is not None:
+        from ..schedulers.names import _find
+
+        return _find(scheduler).name
+    if getattr(models, "variant", None) is not None and not hasattr(models, "scheduler"):  # Kandinsky 3.1
+        return "Kandinsky Flash" if models.variant == "flash" else "DDIM"
+    if type(models.scheduler).__name__ == "FlowMatchEulerDiscreteScheduler":
+        return "Euler"
+    return type(models.scheduler).__name__.removesuffix("Scheduler").upper()
 
 
 def image_info(command: str, model: ModelChoice, models: Any, scheduler: str | None, variant: str | None,
                inputs: dict[str, Any] | None = None) -> dict[str, Any]:  # fmt: skip
     """What the kandi chunk of each image records besides its options (`pngmeta.describe`'s `info`)."""
-    unet = models.unet
+    unet = getattr(models, "unet", None) or models.transformer  # Kandinsky 5 has a DiT
     return {
         "command": command,
         **({"inputs": inputs} if inputs else {}),

@@ -11,7 +11,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 from typing import Any
 
-from . import k3_tasks, k22_tasks, k31_tasks
+from . import k3_tasks, k5_tasks, k22_tasks, k31_tasks
 from .k22 import steps_run
 from .k22_tasks import Progress, Result
 
@@ -29,7 +29,7 @@ def steps_per_image(models: Any, opts: Any, prior_runs: int = 1, strength: float
     """The progress steps of one image: the prior's runs (2.x) and the decoder steps run at `strength`."""
     if isinstance(models, k31_tasks.K31Models):
         return k31_tasks.steps_per_image(models, opts, strength)
-    prior = 0 if isinstance(models, k3_tasks.K3Models) else opts.prior_steps * prior_runs
+    prior = 0 if isinstance(models, k3_tasks.K3Models | k5_tasks.K5Models) else opts.prior_steps * prior_runs
     return prior + steps_run(opts.steps, strength)
 
 
@@ -40,7 +40,9 @@ def each_image(
     if callable(task):  # a task function of its own, e.g. hires.hires_fix
         run = task
     else:
-        family = {k3_tasks.K3Models: k3_tasks, k31_tasks.K31Models: k31_tasks}.get(type(models), k22_tasks)
+        family = {k3_tasks.K3Models: k3_tasks, k31_tasks.K31Models: k31_tasks, k5_tasks.K5Models: k5_tasks}.get(
+            type(models), k22_tasks
+        )
         run = getattr(family, task)
     n = opts.num_images
     for k in range(n):

@@ -26,8 +26,6 @@ from ..pngmeta import KANDI_KEY, PARAMETERS_KEY, parse_parameters
 from .inputs import FieldError, decode_image, decode_mask, encode_png_base64
 from .service import error
 
-SAMPLERS = {"ddpm": "DDPM", "ddim": "DDIM"}
-
 
 class Txt2ImgRequest(BaseModel):
     """A1111's StableDiffusionProcessingTxt2Img fields kandi uses; any other field is accepted and ignored."""
@@ -130,7 +128,9 @@ def a1111_routes(app: FastAPI, server: Any) -> None:
 
     @app.get("/sdapi/v1/samplers", tags=["AUTOMATIC1111"], summary="the samplers kandi has")
     async def samplers() -> list[dict[str, Any]]:
-        return [{"name": v, "aliases": [k], "options": {}} for k, v in SAMPLERS.items()]
+        from ..schedulers.names import sampler_names
+
+        return sampler_names()
 
     @app.get("/sdapi/v1/options", tags=["AUTOMATIC1111"], summary="the settings clients read")
     async def get_options() -> dict[str, Any]:
@@ -204,7 +204,7 @@ def _plan(body: Any, server: Any, current: str, img2img: bool) -> tuple[str, Pla
     """The engine plan for an A1111 body: the model from override_settings or the options."""
     chosen = (body.override_settings or {}).get("sd_model_checkpoint")
     label = _model(server, chosen, "override_settings.sd_model_checkpoint") if chosen else current
-    scheduler, notes = _sampler(body.sampler_name or body.sampler_index)
+    scheduler, notes = _sampler(body.sampler_name or body.sampler_index, getattr(body, "scheduler", None))
     seed = body.seed if body.seed is not None and body.seed >= 0 else None
     req = EngineRequest("generate", prompt=body.prompt, negative_prompt=body.negative_prompt or None, model=label,
                   width=body.width, height=body.height, steps=body.steps, guidance_scale=body.cfg_scale, seed=seed,
@@ -242,14 +242,23 @@ def _img2img(body: Img2ImgRequest, req: EngineRequest, limits: Any) -> None:
     req.paste_back, req.feather = True, 4 if body.mask_blur is None else body.mask_blur
 
 
-def _sampler(name: str | None) -> tuple[str | None, list[str]]:
-    """kandi's scheduler for an A1111 sampler name (None: the model's own) and a note when it differs."""
+def _sampler(name: str | None, schedule: str | None = None) -> tuple[str | None, list[str]]:
+    """kandi's sampler for an A1111 sampler name and schedule type (None: the model's own), and a note when
+    kandi lacks it (A1111 clients also send the names of extensions' samplers)."""
+    from ..schedulers.names import _find
+
     if not name:
         return None, []
-    key = name.strip().lower()
-    for k in SAMPLERS:
-        if key == k or key.startswith(k + " "):
-            return k, []
+    key = name.strip()
+    if schedule and schedule.strip().lower() == "karras" and not key.lower().endswith("karras"):
+        key = f"{key} Karras"
+    elif schedule and schedule.strip().lower() not in ("automatic", "karras"):
+        return None, [f"schedule type {schedule!r} is not in kandi: the model's own scheduler was used"]
+    for candidate in (key, name.strip()):
+        try:
+            return _find(candidate).name, []
+        except ValueError:
+            continue
     return None, [f"sampler {name!r} is not in kandi: the model's own scheduler was used"]
 
 
@@ -263,7 +272,7 @@ def _response(body: Any, req: Plan, label: str, job: Any) -> dict[str, Any]:
         "seed": seeds[0], "all_seeds": seeds, "subseed": -1, "all_subseeds": [-1] * len(seeds), "subseed_strength": 0,
         "width": job.images[0].width if job.images else opts.width,
         "height": job.images[0].height if job.images else opts.height,
-        "sampler_name": SAMPLERS.get(opts.scheduler or "", None) or _own_sampler(infotexts),
+        "sampler_name": opts.scheduler or _own_sampler(infotexts),
         "cfg_scale": opts.guidance_scale, "steps": opts.steps, "batch_size": body.batch_size,
         "restore_faces": False, "sd_model_name": label, "sd_model_hash": None,
         "denoising_strength": req.hires.strength if req.hires else req.strength if req.task != "text_to_image" else None,

@@ -7,7 +7,7 @@ Defaults are the model's own (a 2.2 request makes 512x512 in 50 steps at guidanc
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
@@ -41,7 +41,8 @@ class _Body(BaseModel):
     prior_guidance_scale: float | None = Field(None, ge=0, le=100, allow_inf_nan=False)
     seed: int | None = Field(None, ge=-1, le=MAX_SEED, description="None or -1: random (returned)")
     num_images: int = Field(1, ge=1, description="images, with seeds seed, seed+1, ...")
-    scheduler: Literal["ddpm", "ddim"] | None = Field(None, description="default: the checkpoint's own")
+    scheduler: str | None = Field(None, description="the sampler, by its A1111 or diffusers name (GET "
+                                  "/sdapi/v1/samplers); default: the checkpoint's own")
     loras: list[Lora] | None = Field(None, max_length=8, description="LoRAs of the server's folder, with scales "
                                      "(or <lora:NAME:SCALE> in the prompt)")  # fmt: skip
 
