@@ -138,10 +138,8 @@ def test_half_precision_matches_diffusers(kind: str, dtype: torch.dtype) -> None
     for t in (torch.tensor([3, 517]), 999):
         got = ours(timestep=t, **kw).sample
         assert got.dtype == dtype and torch.isfinite(got).all()
-        # same ops; kandi runs channels-last (NHWC) where diffusers runs NCHW, so the half-precision
-        # kernels sum in another order: bf16 (8-bit mantissa) then differs by a few ulps more than fp16
-        tol = 3e-2 if dtype == torch.float16 else 6e-2
-        torch.testing.assert_close(got, ref(timestep=t, **kw).sample, atol=tol, rtol=tol)
+        # same ops in the same order; half-precision kernels may still round differently
+        torch.testing.assert_close(got, ref(timestep=t, **kw).sample, atol=3e-2, rtol=3e-2)
 
 
 def test_forward_needs_image_embeds_and_21_text() -> None:

@@ -156,10 +156,8 @@ def test_half_precision_matches_diffusers(dtype: torch.dtype) -> None:
     }
     got = ours(timestep=torch.tensor([3, 517]), **kw).sample
     assert got.dtype == dtype and torch.isfinite(got).all()
-    # same ops; kandi runs channels-last (NHWC) where diffusers runs NCHW, so the half-precision
-    # kernels sum in another order: bf16 (8-bit mantissa) then differs by a few ulps more than fp16
-    tol = 3e-2 if dtype == torch.float16 else 6e-2
-    torch.testing.assert_close(got, ref(timestep=torch.tensor([3, 517]), **kw).sample, atol=tol, rtol=tol)
+    # same ops in the same order; half-precision kernels may still round differently
+    torch.testing.assert_close(got, ref(timestep=torch.tensor([3, 517]), **kw).sample, atol=3e-2, rtol=3e-2)
 
 
 # ---------------------------------------------------------------------------------------------- loading

@@ -31,17 +31,6 @@ def timestep_embedding(
     return emb
 
 
-def as_timesteps(t: torch.Tensor | int | float, x: torch.Tensor, float_dtype: torch.dtype) -> torch.Tensor:
-    """Timestep(s) as a (B,) tensor on x's device: a number, or a tensor of shape () / (1,) / (B,).
-
-    Pass a tensor in loops (the pipelines do): a python number is a constant to torch.compile, which
-    then recompiles at every new step.
-    """
-    if not torch.is_tensor(t):
-        t = torch.tensor([t], dtype=float_dtype if isinstance(t, float) else torch.int64, device=x.device)
-    return t.reshape(-1).to(x.device).expand(x.shape[0])
-
-
 class TimestepEmbedding(nn.Module):
     """Two-layer MLP over timestep features (`linear_1`, SiLU, `linear_2`)."""
 
@@ -103,16 +92,6 @@ class KandiModel(nn.Module):
 
     config: Any
 
-    def keep_channels_last(self) -> None:
-        """Hold every 4-D weight in channels-last (NHWC) memory, now and after each `load_state_dict`.
-
-        The models run their feature maps channels-last (the attention output is an NHWC view anyway):
-        with NCHW weights oneDNN would reorder each conv's weights on every call (about a fifth of a UNet
-        step). `.to(dtype/device)` preserves the layout; safetensors saving makes tensors contiguous.
-        """
-        self.to(memory_format=torch.channels_last)
-        self.register_load_state_dict_post_hook(_relayout)
-
     @property
     def dtype(self) -> torch.dtype:
         return next(self.parameters()).dtype
@@ -161,16 +140,6 @@ class KandiModel(nn.Module):
         from ..loading.checkpoints import save_model
 
         save_model(self, save_directory, safe_serialization=safe_serialization, variant=variant)
-
-
-def _relayout(module: nn.Module, incompatible: Any) -> None:
-    # load_state_dict(assign=True) swaps in the loaded (NCHW) tensors: lay them out channels-last again
-    module.to(memory_format=torch.channels_last)
-
-
-def channels_last(x: torch.Tensor) -> torch.Tensor:
-    """A 4-D feature map in channels-last memory (a no-op when it already is)."""
-    return x.contiguous(memory_format=torch.channels_last)
 
 
 class ModelOutput:

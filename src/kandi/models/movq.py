@@ -16,16 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .layers import (
-    KandiModel,
-    ModelOutput,
-    attention,
-    channels_last,
-    config_int,
-    config_ints,
-    merge_heads,
-    split_heads,
-)
+from .layers import KandiModel, ModelOutput, attention, config_int, config_ints, merge_heads, split_heads
 
 # block type -> whether it carries attention (the only difference between the two types of each side)
 ENCODER_BLOCKS = {"DownEncoderBlock2D": False, "AttnDownEncoderBlock2D": True}
@@ -181,20 +172,8 @@ class SpatialNorm(nn.Module):
         self.conv_b = nn.Conv2d(zq_ch, ch, 1)
 
     def forward(self, x: torch.Tensor, zq: torch.Tensor) -> torch.Tensor:
-        # MoVQ resizes zq (nearest) to x's size and then runs the 1x1 convs there. A 1x1 conv commutes
-        # with nearest resizing, so run them at the latent's size and broadcast: the same numbers, with
-        # 4^level times fewer pixels through the convs.
-        y, b = self.conv_y(zq), self.conv_b(zq)
-        n = self.norm_layer(x)
-        (hx, wx), (hz, wz) = x.shape[-2:], zq.shape[-2:]
-        if (hx, wx) == (hz, wz):
-            return n * y + b
-        if hx % hz or wx % wz:  # not a whole multiple: resize the products (still exact for nearest)
-            return n * _fit(y, x) + _fit(b, x)
-        # (B, C, H, W) -> (B, C, hz, sh, wz, sw): each latent pixel's sh x sw block shares y and b
-        n = n.unflatten(3, (wz, wx // wz)).unflatten(2, (hz, hx // hz))
-        out = n * y[:, :, :, None, :, None] + b[:, :, :, None, :, None]
-        return out.flatten(4, 5).flatten(2, 3)
+        zq = _fit(zq, x)  # a no-op when the decoder already resized it for this level
+        return self.norm_layer(x) * self.conv_y(zq) + self.conv_b(zq)
 
 
 def make_norm(ch: int, groups: int, zq_ch: int | None) -> nn.Module:
@@ -382,12 +361,14 @@ class Decoder(nn.Module):
         self.conv_out = nn.Conv2d(chs[-1], cfg.out_channels, 3, padding=1)
 
     def forward(self, z: torch.Tensor, zq: torch.Tensor | None) -> torch.Tensor:
-        # every spatial norm takes the latent-sized zq and broadcasts its 1x1 convs (see SpatialNorm)
         x = self.conv_in(z)
-        x = self.mid_block(x, zq)
+        x = self.mid_block(x, _fit(zq, x))
         for block in self.up_blocks:
-            x = block(x, zq)
-        return self.conv_out(F.silu(self.conv_norm_out(x, zq)))
+            # Resize the latent once per level (from the original, as diffusers does), not once per norm.
+            zq_x = _fit(zq, x)
+            x = block(x, zq_x)
+        # The last block does not upsample, so its latent already has the output size.
+        return self.conv_out(F.silu(self.conv_norm_out(x, zq_x)))
 
 
 class VectorQuantizer(nn.Module):
@@ -441,19 +422,16 @@ class MoVQ(KandiModel):
         self.quantize = VectorQuantizer(config.num_vq_embeddings, config.embed_dim)
         self.post_quant_conv = nn.Conv2d(config.embed_dim, config.latent_channels, 1)
         self.decoder = Decoder(config)
-        self.keep_channels_last()
 
     def encode(self, x: torch.Tensor) -> EncoderOutput:
         """Image (B, C, H, W) in [-1, 1] -> unquantised latents (`.latents`)."""
-        return EncoderOutput(latents=self.quant_conv(self.encoder(channels_last(x))).contiguous())
+        return EncoderOutput(latents=self.quant_conv(self.encoder(x)))
 
     def decode(self, z: torch.Tensor, force_not_quantize: bool = False) -> DecoderOutput:
         """Latents -> image (`.sample`); snaps z to the codebook first unless `force_not_quantize`."""
         zq = z if force_not_quantize else self.quantize(z)
         cond = zq if self.config.norm_type == "spatial" else None
-        z = self.post_quant_conv(channels_last(zq))
-        cond = None if cond is None else channels_last(cond)
-        return DecoderOutput(sample=self.decoder(z, cond).contiguous())
+        return DecoderOutput(sample=self.decoder(self.post_quant_conv(zq), cond))
 
     def forward(self, sample: torch.Tensor) -> DecoderOutput:
         """Round trip: encode, quantise, decode."""

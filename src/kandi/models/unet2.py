@@ -15,16 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .layers import (
-    KandiModel,
-    TimestepEmbedding,
-    as_timesteps,
-    attention,
-    channels_last,
-    merge_heads,
-    split_heads,
-    timestep_embedding,
-)
+from .layers import KandiModel, TimestepEmbedding, attention, merge_heads, split_heads, timestep_embedding
 
 DOWN_TYPES = ("ResnetDownsampleBlock2D", "SimpleCrossAttnDownBlock2D")
 UP_TYPES = ("ResnetUpsampleBlock2D", "SimpleCrossAttnUpBlock2D")
@@ -307,8 +298,8 @@ class AddedKVAttention(nn.Module):
 
     def forward(self, x: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
         b, c, hgt, wid = x.shape
-        # 4-D norm: the channels-last kernel; then (B, C, H, W) -> (B, HW, C), a free view of NHWC memory
-        h = self.group_norm(x).flatten(2).transpose(1, 2)
+        # norm over the (B, C, HW) view, whatever x's memory layout (the layout picks the kernel, hence the bits)
+        h = self.group_norm(x.view(b, c, hgt * wid)).transpose(1, 2)  # (B, C, H, W) -> (B, HW, C)
         q = split_heads(self.to_q(h), self.heads)
         k = split_heads(self.add_k_proj(context), self.heads)
         v = split_heads(self.add_v_proj(context), self.heads)
@@ -317,7 +308,8 @@ class AddedKVAttention(nn.Module):
             k = torch.cat([k, split_heads(self.to_k(h), self.heads)], dim=2)
             v = torch.cat([v, split_heads(self.to_v(h), self.heads)], dim=2)
         out = self.to_out[0](merge_heads(attention(q, k, v, slice_size=self.slice_size)))
-        # (B, HW, C) -> (B, C, H, W): a channels-last view, the layout the whole UNet runs in
+        # (B, HW, C) -> (B, C, H, W) as a channels-last view; adding x second keeps that memory layout, so
+        # the following convolutions choose the same kernels (and give the same bits) as diffusers
         return out.transpose(1, 2).reshape(b, c, hgt, wid) + x
 
 
@@ -505,7 +497,6 @@ class UNet2(KandiModel):
         )
         self.conv_norm_out = nn.GroupNorm(cfg.norm_num_groups, ch[0], eps=cfg.norm_eps)
         self.conv_out = nn.Conv2d(ch[0], cfg.out_channels, 3, padding=1)
-        self.keep_channels_last()
 
     def condition(
         self,
@@ -539,14 +530,18 @@ class UNet2(KandiModel):
 
     def denoise(self, x: torch.Tensor, t: torch.Tensor | int | float, cond: UNetCond) -> torch.Tensor:
         """Predict (eps, variance) for latents `x` (B, C, h, w) at timestep(s) `t`."""
-        t = as_timesteps(t, x, torch.float64)
+        if not torch.is_tensor(t):
+            t = torch.tensor(
+                [t], dtype=torch.float64 if isinstance(t, float) else torch.int64, device=x.device
+            )
+        t = t.reshape(-1).to(x.device).expand(x.shape[0])
         tfeat = timestep_embedding(
             t, self.config.block_out_channels[0], self.config.flip_sin_to_cos, self.config.freq_shift
         )
         temb = F.silu(self.time_embedding(tfeat.to(x.dtype)) + cond.aug_emb)
         if cond.hint is not None:
             x = torch.cat([x, cond.hint], dim=1)
-        h = self.conv_in(channels_last(x))  # feature maps stay NHWC (see KandiModel.keep_channels_last)
+        h = self.conv_in(x)
         skips = [h]
         for block in self.down_blocks:
             h, s = block(h, temb, cond.context)
@@ -556,7 +551,7 @@ class UNet2(KandiModel):
             n = len(block.resnets)
             h = block(h, skips[-n:], temb, cond.context)
             del skips[-n:]
-        return self.conv_out(F.silu(self.conv_norm_out(h))).contiguous()
+        return self.conv_out(F.silu(self.conv_norm_out(h)))
 
     def forward(
         self,

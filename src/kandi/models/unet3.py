@@ -18,9 +18,7 @@ from torch import nn
 from .layers import (
     KandiModel,
     TimestepEmbedding,
-    as_timesteps,
     attention,
-    channels_last,
     config_int,
     config_ints,
     merge_heads,
@@ -293,7 +291,7 @@ class AttentionBlock(nn.Module):
         if kv is None:  # self-attention over the pixels
             kv = self.attention.kv(h)
         h = self.attention(h, kv, mask)
-        # (B, HW, C) -> (B, C, H, W): a channels-last view, the layout the whole UNet runs in
+        # (B, HW, C) -> (B, C, H, W) as a channels-last view; x first keeps x's layout (and diffusers' bits)
         x = x + h.transpose(1, 2).reshape(b, c, hgt, wid)
         return x + self.feed_forward(self.out_norm(x, emb))
 
@@ -432,7 +430,6 @@ class UNet3(KandiModel):
         self.up_blocks = nn.ModuleList(UpBlock(cfg, lv) for lv in up)
         self.conv_norm_out = nn.GroupNorm(cfg.groups, init)
         self.conv_out = nn.Conv2d(init, cfg.latent_channels, 3, padding=1)
-        self.keep_channels_last()
 
     def condition(
         self, encoder_hidden_states: torch.Tensor, encoder_attention_mask: torch.Tensor | None = None
@@ -465,12 +462,16 @@ class UNet3(KandiModel):
 
     def denoise(self, x: torch.Tensor, t: torch.Tensor | int | float, cond: UNet3Cond) -> torch.Tensor:
         """Predict the noise in latents `x` (B, C, h, w) at timestep(s) `t`; h and w divisible by 2**(n-1)."""
-        t = as_timesteps(t, x, torch.float32)
+        if not torch.is_tensor(t):
+            t = torch.tensor(
+                [t], dtype=torch.float32 if isinstance(t, float) else torch.int64, device=x.device
+            )
+        t = t.reshape(-1).to(x.device).expand(x.shape[0])
         tfeat = timestep_embedding(t, self.config.init_channels, flip_sin_to_cos=False, shift=1.0)
         # every conditional norm starts with SiLU (context_mlp.0): apply it once here
         emb = F.silu(self.time_embedding(tfeat.to(x.dtype)) + cond.text_emb)
         n = len(self.down_blocks)
-        h = self.conv_in(channels_last(x))  # feature maps stay NHWC (see KandiModel.keep_channels_last)
+        h = self.conv_in(x)
         skips = []
         for i, block in enumerate(self.down_blocks):
             h = block(h, emb, cond.kv[i], cond.mask)
@@ -480,7 +481,7 @@ class UNet3(KandiModel):
             if j > 0:
                 h = torch.cat([h, skips.pop()], dim=1)
             h = block(h, emb, cond.kv[n + j], cond.mask)
-        return self.conv_out(F.silu(self.conv_norm_out(h))).contiguous()
+        return self.conv_out(F.silu(self.conv_norm_out(h)))
 
     def forward(
         self,
