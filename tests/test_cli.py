@@ -215,7 +215,7 @@ def assert_one_line_error(code: int, out: str, err: str, status: int, *fragments
         (["--prior-guidance-scale", "x"], "--prior-guidance-scale: expected a finite number"),
         (["-s", "-2"], "-s/--seed: expected an integer from 0"),
         (["--dtype", "int8"], "--dtype: expected fp32, fp16 or bf16"),
-        (["--scheduler", "euler"], "invalid choice: 'euler'"),
+        (["--scheduler", "euler2"], "unknown sampler 'euler2'"),
         (["-m", "kandinsky-9"], "unknown model 'kandinsky-9'"),
         (["-o", "cat.jpg"], "kandi writes PNG files"),
     ],

@@ -57,9 +57,13 @@ def test_generate_with_a_lora_records_it_and_from_png_reproduces_it(offline_hub,
 
 
 def test_lora_errors_are_one_line(offline_hub, lora_dir, capsys, tmp_path):
-    code, out, err = run(capsys, "generate", "a cat", *TINY, "--lora", tmp_path / "none.safetensors", "-o", tmp_path)
+    code, out, err = run(
+        capsys, "generate", "a cat", *TINY, "--lora", tmp_path / "none.safetensors", "-o", tmp_path
+    )
     assert_one_line_error(code, out, err, 1, "LoRA file not found")
-    code, out, err = run(capsys, "generate", "a cat <lora:nope:1>", *TINY, "--lora-dir", lora_dir, "-o", tmp_path)
+    code, out, err = run(
+        capsys, "generate", "a cat <lora:nope:1>", *TINY, "--lora-dir", lora_dir, "-o", tmp_path
+    )
     assert_one_line_error(code, out, err, 1, "no LoRA named 'nope'", "style")
     code, out, err = run(capsys, "generate", "a cat <lora:style:1>", *TINY, "-o", tmp_path)
     assert_one_line_error(code, out, err, 1, "no LoRA folder is set (--lora-dir)")
@@ -82,7 +86,9 @@ def test_generate_with_a_hires_pass(offline_hub, capsys, tmp_path):
     assert_one_line_error(code, out, err, 1, "hires scale 9.0 is out of range")
     code, out, err = run(capsys, "generate", "a cat", *TINY, "--hires-steps", "3", "-o", tmp_path)
     assert_one_line_error(code, out, err, 2, "go with --hires SCALE")
-    code, out, err = run(capsys, "generate", "a cat", *TINY, "--hires", "8", "--max-size", "256", "-o", tmp_path)
+    code, out, err = run(
+        capsys, "generate", "a cat", *TINY, "--hires", "8", "--max-size", "256", "-o", tmp_path
+    )
     assert_one_line_error(code, out, err, 1, "512 is over the limit of 256")
 
 

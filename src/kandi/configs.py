@@ -23,7 +23,9 @@ class ModelSpec:
     default_prior_steps: int = 25
     default_prior_guidance: float = 4.0
     aliases: tuple[str, ...] = ()
-    k31_model: str | None = None  # Kandinsky 3.1: which UNet of ai-forever/Kandinsky3.1 (base, flash, inpainting)
+    k31_model: str | None = (
+        None  # Kandinsky 3.1: which UNet of ai-forever/Kandinsky3.1 (base, flash, inpainting)
+    )
 
 
 REGISTRY: dict[str, ModelSpec] = {

@@ -161,7 +161,9 @@ FIELDS: dict[str, Callable[[Any], Any]] = {
 
 def _is_pair(v: list) -> bool:
     """["a.safetensors", 0.8] is one LoRA; ["a.safetensors", "b.safetensors:0.5"] two."""
-    return len(v) == 2 and isinstance(v[0], str) and isinstance(v[1], int | float) and not isinstance(v[1], bool)
+    return (
+        len(v) == 2 and isinstance(v[0], str) and isinstance(v[1], int | float) and not isinstance(v[1], bool)
+    )
 
 
 def _size(value: Any) -> dict[str, int]:

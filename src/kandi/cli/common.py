@@ -130,8 +130,8 @@ def add_common_args(p: argparse.ArgumentParser, size_from: str | None = None) ->
         "--scheduler",
         dest="scheduler",
         metavar="NAME",
-        help="decoder sampler, by its A1111 or diffusers name: DDPM, DDIM, \"DPM++ 2M\", \"DPM++ 2M Karras\", "
-        "\"DPM++ 2M SDE (Karras)\", Euler, \"Euler a\" (default the checkpoint's own)",
+        help='decoder sampler, by its A1111 or diffusers name: DDPM, DDIM, "DPM++ 2M", "DPM++ 2M Karras", '
+        '"DPM++ 2M SDE (Karras)", Euler, "Euler a" (default the checkpoint\'s own)',
     )
     p.add_argument(
         "--from-png",

@@ -40,7 +40,9 @@ def add_serve_args(p: argparse.ArgumentParser) -> None:
         "--max-upload-mb", type=positive_int, default=16, help="largest image upload in MB (default 16)"
     )
     p.add_argument("--no-ui", action="store_true", help="serve the API only")
-    p.add_argument("--lora-dir", metavar="DIR", help="LoRA files that requests may name (<lora:NAME:SCALE>, loras)")
+    p.add_argument(
+        "--lora-dir", metavar="DIR", help="LoRA files that requests may name (<lora:NAME:SCALE>, loras)"
+    )
     p.add_argument("--upscaler-dir", metavar="DIR", help="learned upscalers for hi-res passes and extras")
     p.add_argument("--device", help="cpu, cuda, cuda:1, mps... (default cuda if available)")
     p.add_argument("--dtype", type=dtype_name, help="fp32, fp16 or bf16 (default fp16 on cuda, fp32 on cpu)")

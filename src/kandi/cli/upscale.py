@@ -25,7 +25,12 @@ def add_upscale_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--upscaler-dir", metavar="DIR", help="a folder of learned upscalers (.pth, .safetensors)")
     p.add_argument("--tile", type=_arg(requests.whole_int), default=512, metavar="PX",
                    help="run a learned upscaler in tiles of PX pixels (default 512; 0: the whole image at once)")  # fmt: skip
-    p.add_argument("-o", "--output", metavar="PATH", help="a .png file (one image), or a folder (default: beside each image)")
+    p.add_argument(
+        "-o",
+        "--output",
+        metavar="PATH",
+        help="a .png file (one image), or a folder (default: beside each image)",
+    )
     p.add_argument("--device", help="cpu, cuda, ... (default cuda if available, else cpu)")
     p.add_argument("--max-size", type=positive_int, default=Limits().max_side, metavar="PX",
                    help="refuse an output side over four times PX (default 4096)")  # fmt: skip
@@ -51,7 +56,9 @@ def upscale(args: argparse.Namespace) -> int:
             raise RequestError(f"{name}: {e}") from None
         images.append((Path(name), image))
     for path, image in images:
-        made = upscale_image(image, args.scale, args.upscaler, args.upscaler_dir, limits, args.tile, str(device))
+        made = upscale_image(
+            image, args.scale, args.upscaler, args.upscaler_dir, limits, args.tile, str(device)
+        )
         target = _target(out, path, args.scale)
         _check_writable(target.parent)
         written = _write_new(target, made.png)

@@ -77,7 +77,9 @@ class _AutoPipeline:
     def from_pretrained(cls, pretrained_model_or_path: str | os.PathLike, **kwargs: Any) -> DiffusionPipeline:
         from . import kandinsky31
 
-        if kandinsky31.is_kandinsky31(pretrained_model_or_path):  # ai-forever's layout; `model=` picks the UNet
+        if kandinsky31.is_kandinsky31(
+            pretrained_model_or_path
+        ):  # ai-forever's layout; `model=` picks the UNet
             return kandinsky31.for_task(cls._task, pretrained_model_or_path, **kwargs)
         hub = {k: kwargs[k] for k in ("revision", "cache_dir", "local_files_only", "token") if k in kwargs}
         role = "inpaint_repo" if cls._task == "inpainting" else "decoder_repo"

@@ -23,7 +23,6 @@ from .lora import LoraLoaderMixin
 log = logging.getLogger(__name__)
 
 
-
 class DiffusionPipeline(LoraLoaderMixin):
     """Base class of kandi's diffusers-compatible pipelines (and the entry point `DiffusionPipeline.from_pretrained`)."""
 

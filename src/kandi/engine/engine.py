@@ -99,7 +99,14 @@ class Engine:
         base = entry.loaded.get("decoder") if role != "decoder" else None
         model = choose_model(entry.name, base[0].prior if base else entry.prior, None, role)
         loaded = load(
-            model, self.device, self.dtype, self.variant, self.offline, self.downloads, shared_prior=base, role=role
+            model,
+            self.device,
+            self.dtype,
+            self.variant,
+            self.offline,
+            self.downloads,
+            shared_prior=base,
+            role=role,
         )
         entry.family = family(loaded[1])
         return loaded

@@ -132,11 +132,15 @@ def load(model: ModelChoice, device: torch.device, dtype: torch.dtype, variant: 
                 from ..pipelines.k31_tasks import load_for_task
 
                 task = "inpaint" if role == "inpaint" else "text_to_image"
-                return replace(model, prior=None), load_for_task(model.spec.name, task, torch_dtype=dtype, **hub).to(device)
+                return replace(model, prior=None), load_for_task(
+                    model.spec.name, task, torch_dtype=dtype, **hub
+                ).to(device)
             if fam == "k5":
                 from ..pipelines.k5_tasks import K5Models
 
-                return replace(model, prior=None), K5Models.load(model.decoder, torch_dtype=dtype, variant=variant, **hub).to(device)
+                return replace(model, prior=None), K5Models.load(
+                    model.decoder, torch_dtype=dtype, variant=variant, **hub
+                ).to(device)
             if is_k3(model, variant, hub):  # no prior: text encoder, UNet and MoVQ in one repo
                 from ..pipelines.k3_tasks import K3Models
 

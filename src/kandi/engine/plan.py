@@ -125,7 +125,9 @@ def _loras(req: Request, p: Plan) -> None:
         try:
             cleaned, tags = extract_prompt_loras(p.opts.prompt)
             if tags and req.lora_dir is None:
-                raise ValueError("the prompt names LoRAs (<lora:NAME:SCALE>) but no LoRA folder is set (--lora-dir)")
+                raise ValueError(
+                    "the prompt names LoRAs (<lora:NAME:SCALE>) but no LoRA folder is set (--lora-dir)"
+                )
             files += [(str(find_lora(name, req.lora_dir)), scale) for name, scale in tags]
         except ValueError as e:
             raise RequestError(str(e), "prompt") from None
@@ -137,7 +139,10 @@ def _loras(req: Request, p: Plan) -> None:
         return
     p.loras = files
     hashes = {path: lora_hash(path) for path, _ in files}
-    p.lora_info = [{"name": Path(f).stem, "path": str(Path(f).absolute()), "scale": s, "hash": hashes[f]} for f, s in files]
+    p.lora_info = [
+        {"name": Path(f).stem, "path": str(Path(f).absolute()), "scale": s, "hash": hashes[f]}
+        for f, s in files
+    ]
     p.fields["Lora hashes"] = format_lora_hashes([(Path(f).stem, hashes[f][:12]) for f, _ in files])
     if given:  # the files given (not the prompt's tags, which the prompt keeps) for --from-png
         p.opts.extra = {**p.opts.extra, "loras": [i for i in p.lora_info if (i["path"], i["scale"]) in
@@ -214,7 +219,7 @@ def _options(
         try:
             _find(opts.scheduler)
         except ValueError as e:
-            raise RequestError(str(e), "scheduler") from None
+            raise UsageError(str(e), "scheduler") from None
     if opts.seed in (None, -1):
         opts.seed = random_seed()
     _check_numbers(opts.to_dict(), req.source)

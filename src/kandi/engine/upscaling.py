@@ -43,7 +43,12 @@ def find_upscaler(name: str | None, folder: str | None) -> tuple[str, str | None
 
 def check_factor(scale: Any, image: Any, limits: Limits) -> int:
     """A whole factor from 1 to 8, and an output of at most four times the size limit per side."""
-    if isinstance(scale, bool) or not isinstance(scale, int | float) or int(scale) != scale or not 1 <= scale <= MAX_FACTOR:
+    if (
+        isinstance(scale, bool)
+        or not isinstance(scale, int | float)
+        or int(scale) != scale
+        or not 1 <= scale <= MAX_FACTOR
+    ):
         raise RequestError(f"expected a whole upscale factor from 1 to {MAX_FACTOR}, got {scale!r}", "scale")
     w, h = image.size[0] * int(scale), image.size[1] * int(scale)
     top = 4 * limits.max_side

@@ -40,9 +40,11 @@ def each_image(
     if callable(task):  # a task function of its own, e.g. hires.hires_fix
         run = task
     else:
-        family = {k3_tasks.K3Models: k3_tasks, k31_tasks.K31Models: k31_tasks, k5_tasks.K5Models: k5_tasks}.get(
-            type(models), k22_tasks
-        )
+        family = {
+            k3_tasks.K3Models: k3_tasks,
+            k31_tasks.K31Models: k31_tasks,
+            k5_tasks.K5Models: k5_tasks,
+        }.get(type(models), k22_tasks)
         run = getattr(family, task)
     n = opts.num_images
     for k in range(n):

@@ -151,14 +151,18 @@ def a1111_routes(app: FastAPI, server: Any) -> None:
         return [{"name": x["name"], "alias": x["alias"], "path": x["path"], "metadata": {}}
                 for x in (list_loras(server.lora_dir) if server.lora_dir else [])]  # fmt: skip
 
-    @app.get("/sdapi/v1/upscalers", tags=["AUTOMATIC1111"], summary="Lanczos, Nearest and --upscaler-dir's models")
+    @app.get(
+        "/sdapi/v1/upscalers", tags=["AUTOMATIC1111"], summary="Lanczos, Nearest and --upscaler-dir's models"
+    )
     async def upscalers() -> list[dict[str, Any]]:
         from ..upscale import list_upscalers
 
         return [{"name": x["name"], "model_name": x["key"] if x["path"] else None, "model_path": x["path"],
                  "model_url": None, "scale": None} for x in list_upscalers(server.upscaler_dir)]  # fmt: skip
 
-    @app.post("/sdapi/v1/extra-single-image", tags=["AUTOMATIC1111"], summary="A1111 extras: upscale one image")
+    @app.post(
+        "/sdapi/v1/extra-single-image", tags=["AUTOMATIC1111"], summary="A1111 extras: upscale one image"
+    )
     async def extra_single_image(body: ExtraSingleImageRequest) -> dict[str, Any]:
         import asyncio
 

@@ -41,8 +41,11 @@ class _Body(BaseModel):
     prior_guidance_scale: float | None = Field(None, ge=0, le=100, allow_inf_nan=False)
     seed: int | None = Field(None, ge=-1, le=MAX_SEED, description="None or -1: random (returned)")
     num_images: int = Field(1, ge=1, description="images, with seeds seed, seed+1, ...")
-    scheduler: str | None = Field(None, description="the sampler, by its A1111 or diffusers name (GET "
-                                  "/sdapi/v1/samplers); default: the checkpoint's own")
+    scheduler: str | None = Field(
+        None,
+        description="the sampler, by its A1111 or diffusers name (GET "
+        "/sdapi/v1/samplers); default: the checkpoint's own",
+    )
     loras: list[Lora] | None = Field(None, max_length=8, description="LoRAs of the server's folder, with scales "
                                      "(or <lora:NAME:SCALE> in the prompt)")  # fmt: skip
 
@@ -55,7 +58,9 @@ class Hires(BaseModel):
     scale: float = Field(2.0, ge=1, le=8, allow_inf_nan=False, description="how many times larger")
     strength: float = Field(0.5, ge=0, le=1, allow_inf_nan=False, description="denoising strength")
     steps: int = Field(0, ge=0, description="second-pass steps (0: as many as the first)")
-    upscaler: str = Field("lanczos", description="lanczos, nearest, latent, latent-bicubic..., or a model name")
+    upscaler: str = Field(
+        "lanczos", description="lanczos, nearest, latent, latent-bicubic..., or a model name"
+    )
     resize_x: int = Field(0, ge=0, description="a target width instead of scale")
     resize_y: int = Field(0, ge=0, description="a target height instead of scale")
 
@@ -147,8 +152,14 @@ def _lora_file(name: str, folder: str | None) -> Any:
         raise FieldError("loras", str(e)) from None
 
 
-def plan(name: str, body: _Body, engine: Engine, limits: Limits, lora_dir: str | None = None,
-         upscaler_dir: str | None = None) -> tuple[str, Plan]:
+def plan(
+    name: str,
+    body: _Body,
+    engine: Engine,
+    limits: Limits,
+    lora_dir: str | None = None,
+    upscaler_dir: str | None = None,
+) -> tuple[str, Plan]:
     """(model label, Plan) for a checked body of task `name`; FieldError names what is wrong."""
     req = Request(TASK_COMMANDS[name], **{k: v for k, v in body.model_dump(exclude_none=True).items()
                                           if k in _OPTIONS})  # fmt: skip

@@ -283,8 +283,9 @@ class UI:
         except LookupError as e:
             raise FieldError("model", str(e)) from None
         body = build_body(task, values, family)
-        label, req = plan(task, body, self.server.engine, self.server.limits, self.server.lora_dir,
-                          self.server.upscaler_dir)
+        label, req = plan(
+            task, body, self.server.engine, self.server.limits, self.server.lora_dir, self.server.upscaler_dir
+        )
         return self.server.submit(label, req, {"task": task, "client": "ui"})
 
     async def generate(
