@@ -162,3 +162,46 @@ def test_kandinsky_31_through_the_server(k31_hub):
         assert r.status_code == 200, r.text
         png = Image.open(io.BytesIO(base64.b64decode(r.json()["images"][0]["png_base64"])))
         assert png.size == (64, 64) and "kandinsky-3.1-flash" in png.text["parameters"]
+
+
+# ---------------------------------------------------------------------------------------- Kandinsky 5
+
+
+@pytest.fixture(scope="module")
+def k5_hub(tmp_path_factory):
+    """The tiny Kandinsky 5 text-to-image repo in the official layout, in a cache under the official id."""
+    import diffusers
+    import tiny_k5
+
+    c = tiny_k5.t2i_components(tmp_path_factory.mktemp("k5c"))
+    folder = tmp_path_factory.mktemp("k5repo")
+    pipe = diffusers.Kandinsky5T2IPipeline(**{**c, "tokenizer": tiny_k5.ProcessorShim(c["tokenizer"])})
+    classes = {"transformer": ("diffusers", "Kandinsky5Transformer3DModel"), "vae": ("diffusers", "AutoencoderKL"),
+               "scheduler": ("diffusers", "FlowMatchEulerDiscreteScheduler"),
+               "text_encoder": ("transformers", "Qwen2_5_VLForConditionalGeneration"),
+               "tokenizer": ("transformers", "Qwen2VLProcessor"), "text_encoder_2": ("transformers", "CLIPTextModel"),
+               "tokenizer_2": ("transformers", "CLIPTokenizer")}  # fmt: skip
+    for name in classes:
+        comp = getattr(pipe, name)
+        getattr(comp, "tokenizer", comp).save_pretrained(folder / name)
+    index = {"_class_name": "Kandinsky5T2IPipeline", "_diffusers_version": "0.42.1",
+             **{k: list(v) for k, v in classes.items()}}  # fmt: skip
+    (folder / "model_index.json").write_text(json.dumps(index))
+    cache = tmp_path_factory.mktemp("hf5") / "hub"
+    tiny.install_in_cache(cache, "kandinskylab/Kandinsky-5.0-T2I-Lite-sft-Diffusers", folder)
+    with pytest.MonkeyPatch.context() as mp:
+        tiny.diffusers_to_kandi_env(mp, cache)
+        yield cache
+
+
+def test_kandinsky_5_from_the_cli(k5_hub, capsys, tmp_path):
+    args = ["generate", "a red square", "-m", "kandinsky-5", "--steps", "2", "-s", "4", "--offline", "-q"]
+    code, out, err = run(capsys, *args, "-o", tmp_path / "k5.png")
+    assert code == 0, err
+    params = pngmeta.read_png_text(tmp_path / "k5.png")["parameters"]
+    assert "Model: kandinsky-5" in params and "Sampler: Euler," in params and "Prior steps" not in params
+    assert run(capsys, "generate", "--from-png", tmp_path / "k5.png", "--offline", "-q", "-o",
+               tmp_path / "again.png")[0] == 0  # fmt: skip
+    assert (tmp_path / "again.png").read_bytes() == (tmp_path / "k5.png").read_bytes()
+    code, out, err = run(capsys, "mix", "a", "1", "-m", "kandinsky-5", "--offline", "-o", tmp_path)
+    assert_one_line_error(code, out, err, 1, "kandinsky-5 cannot do mix")
