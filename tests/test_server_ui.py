@@ -295,3 +295,14 @@ def test_choosing_a_model_sets_its_defaults_and_says_what_it_cannot_do(engine, t
         50,
         {"__type__": "update", "visible": True, "value": 25},
     )
+
+
+def test_sampler_menu_and_hires_section(ui):
+    out = generate(ui, "txt2img", {"prompt": "a fox", "scheduler": "Euler a", "hires": True, "hires_scale": 2,
+                                   "hires_strength": 0.5, "hires_steps": 2, "hires_upscaler": "lanczos"})  # fmt: skip
+    assert not out.error, out.status
+    with Image.open(out.files[0]) as im:
+        assert im.size == (2 * SMALL["width"], 2 * SMALL["height"])
+        assert "Sampler: Euler a," in im.text["parameters"] and "Hires upscale: 2," in im.text["parameters"]
+    bad = generate(ui, "txt2img", {"prompt": "a fox", "hires": True, "hires_scale": 4, "width": 128})
+    assert bad.error and "over this server's limit of 256" in bad.status

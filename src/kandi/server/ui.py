@@ -154,8 +154,12 @@ def build_body(task: str, v: dict[str, Any], family: str) -> BaseModel:
         "guidance_scale": v.get("guidance_scale"),
         "seed": _seed(v.get("seed")),
         "num_images": _int(v.get("num_images")) or 1,
-        "scheduler": v.get("scheduler") if v.get("scheduler") in ("ddpm", "ddim") else None,
+        "scheduler": v.get("scheduler") if v.get("scheduler") not in (None, "", MODEL_DEFAULT) else None,
+        "loras": [{"name": n, "scale": float(v.get("lora_weight") or 1.0)} for n in v.get("loras") or []] or None,
     }
+    if task == "txt2img" and v.get("hires"):
+        common["hires"] = {"scale": v.get("hires_scale") or 2.0, "strength": v.get("hires_strength") or 0.5,
+                           "steps": _int(v.get("hires_steps")) or 0, "upscaler": v.get("hires_upscaler") or "lanczos"}  # fmt: skip
     if family != "k3":  # Kandinsky 3 has no prior
         common |= {
             "prior_steps": _int(v.get("prior_steps")),
@@ -468,8 +472,42 @@ def _settings(ui: UI, task: str, c: dict[str, Any], d: dict[str, Any], k3: bool)
                                          label="Prior steps", min_width=140, elem_id=f"{task}-prior-steps")  # fmt: skip
             c["prior_guidance_scale"] = gr.Slider(0, 20, d.get("prior_guidance_scale", 4), step=0.5,
                                                   visible=not k3, label="Prior guidance", min_width=140)  # fmt: skip
-        c["scheduler"] = gr.Dropdown(["model default", "ddpm", "ddim"], value="model default",
-                                     label="Sampler")  # fmt: skip
+        from ..schedulers.names import sampler_names
+
+        c["scheduler"] = gr.Dropdown([MODEL_DEFAULT, *(x["name"] for x in sampler_names())], value=MODEL_DEFAULT,
+                                     label="Sampler", elem_id=f"{task}-sampler")  # fmt: skip
+        loras = _lora_names(ui)
+        with gr.Row(visible=bool(loras)):
+            c["loras"] = gr.Dropdown(loras, value=[], multiselect=True, label="LoRAs", elem_id=f"{task}-loras")
+            c["lora_weight"] = gr.Slider(-2, 2, 1.0, step=0.05, label="LoRA weight", min_width=140)
+    if task == "txt2img":
+        _hires_inputs(ui, task, c)
+
+
+MODEL_DEFAULT = "model default"
+
+
+def _lora_names(ui: UI) -> list[str]:
+    from ..lora import list_loras
+
+    return [x["name"] for x in list_loras(ui.server.lora_dir)] if ui.server.lora_dir else []
+
+
+def _hires_inputs(ui: UI, task: str, c: dict[str, Any]) -> None:
+    """A1111's hires fix: the image made, upscaled, then redrawn at the larger size."""
+    from ..pipelines.hires import builtin_upscalers
+    from ..upscale import list_upscalers
+
+    learned = [x["name"] for x in list_upscalers(ui.server.upscaler_dir) if x["path"]]
+    with gr.Accordion("Hi-res pass", open=False, elem_id=f"{task}-hires-section"):
+        c["hires"] = gr.Checkbox(False, label="Upscale and redraw (hires fix)", elem_id=f"{task}-hires")
+        with gr.Row():
+            c["hires_scale"] = gr.Slider(1, 4, 2, step=0.25, label="Upscale by", min_width=140)
+            c["hires_strength"] = gr.Slider(0, 1, 0.5, step=0.05, label="Denoising strength", min_width=140)
+        with gr.Row():
+            c["hires_steps"] = gr.Slider(0, ui.server.limits.max_steps, 0, step=1, label="Hires steps (0: same)",
+                                         min_width=140)  # fmt: skip
+            c["hires_upscaler"] = gr.Dropdown([*builtin_upscalers(), *learned], value="lanczos", label="Upscaler")
 
 
 def _task_inputs(task: str, c: dict[str, Any], max_side: int) -> None:
