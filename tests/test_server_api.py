@@ -268,7 +268,7 @@ def bomb_png(w: int, h: int) -> bytes:
         ("/v1/txt2img", {"prompt": "x", "num_images": 5}, 400, "num_images"),
         ("/v1/txt2img", {"prompt": "x", "guidance_scale": "nan"}, 422, "guidance_scale"),
         ("/v1/txt2img", {"prompt": "x", "seed": 2**64}, 422, "seed"),
-        ("/v1/txt2img", {"prompt": "x", "scheduler": "euler"}, 422, "scheduler"),
+        ("/v1/txt2img", {"prompt": "x", "scheduler": "Restart"}, 400, "scheduler"),
         ("/v1/txt2img", {"prompt": "x", "model": "sdxl"}, 404, "model"),
         ("/v1/img2img", {"prompt": "x", "image": "%%%"}, 400, "image"),
         ("/v1/img2img", {"prompt": "x", "image": base64.b64encode(b"hello").decode()}, 400, "image"),
