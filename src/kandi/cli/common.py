@@ -223,6 +223,7 @@ CLI_PHRASES = {  # how the engine's messages name things on the command line
     "steps": "--steps",
     "prior_steps": "--prior-steps",
     "num_images": "--num-images",
+    "scheduler": "--sampler",
 }
 
 

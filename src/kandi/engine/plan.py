@@ -219,7 +219,7 @@ def _options(
         try:
             _find(opts.scheduler)
         except ValueError as e:
-            raise UsageError(str(e), "scheduler") from None
+            raise UsageError(f"{req.names.get('scheduler', 'scheduler')}: {e}", "scheduler") from None
     if opts.seed in (None, -1):
         opts.seed = random_seed()
     _check_numbers(opts.to_dict(), req.source)
