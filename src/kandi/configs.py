@@ -28,6 +28,14 @@ class ModelSpec:
     )
 
 
+def _k31(name: str, model: str, steps: int, guidance: float, aliases: tuple[str, ...]) -> ModelSpec:
+    """One of the three Kandinsky 3.1 models: one repo, 1024² by default, the UNet `model`."""
+    repo = "ai-forever/Kandinsky3.1"
+    return ModelSpec(name=name, family="k31", decoder_repo=repo, prior_repo=None, inpaint_repo=repo,
+                     default_size=1024, default_steps=steps, default_guidance=guidance, aliases=aliases,
+                     k31_model=model)  # fmt: skip
+
+
 REGISTRY: dict[str, ModelSpec] = {
     "kandinsky-2.1": ModelSpec(
         name="kandinsky-2.1",
@@ -58,42 +66,20 @@ REGISTRY: dict[str, ModelSpec] = {
     ),
     # ai-forever's own release (no diffusers layout): loaded by kandi.pipelines.k31_tasks.load_for_task;
     # the inpainting model serves `inpaint` / `outpaint` for all three names
-    "kandinsky-3.1": ModelSpec(
-        name="kandinsky-3.1",
-        family="k31",
-        decoder_repo="ai-forever/Kandinsky3.1",
-        prior_repo=None,
-        inpaint_repo="ai-forever/Kandinsky3.1",
-        default_size=1024,
-        default_steps=50,
-        default_guidance=3.0,
-        aliases=("3.1", "k31", "kandinsky3.1", "kandinsky-3-1"),
-        k31_model="base",
-    ),
-    "kandinsky-3.1-flash": ModelSpec(
-        name="kandinsky-3.1-flash",
-        family="k31",
-        decoder_repo="ai-forever/Kandinsky3.1",
-        prior_repo=None,
-        inpaint_repo="ai-forever/Kandinsky3.1",
-        default_size=1024,
-        default_steps=4,
-        default_guidance=0.0,
-        aliases=("3.1-flash", "k31-flash", "kandinsky-flash", "flash"),
-        k31_model="flash",
-    ),
-    "kandinsky-3.1-inpainting": ModelSpec(
-        name="kandinsky-3.1-inpainting",
-        family="k31",
-        decoder_repo="ai-forever/Kandinsky3.1",
-        prior_repo=None,
-        inpaint_repo="ai-forever/Kandinsky3.1",
-        default_size=1024,
-        default_steps=50,
-        default_guidance=4.0,
-        aliases=("3.1-inpainting", "k31-inpainting", "kandinsky-3.1-inpaint"),
-        k31_model="inpainting",
-    ),
+    **{
+        name: _k31(name, model, steps, guidance, aliases)
+        for name, model, steps, guidance, aliases in (
+            ("kandinsky-3.1", "base", 50, 3.0, ("3.1", "k31", "kandinsky3.1", "kandinsky-3-1")),
+            ("kandinsky-3.1-flash", "flash", 4, 0.0, ("3.1-flash", "k31-flash", "kandinsky-flash", "flash")),
+            (
+                "kandinsky-3.1-inpainting",
+                "inpainting",
+                50,
+                4.0,
+                ("3.1-inpainting", "k31-inpainting", "kandinsky-3.1-inpaint"),
+            ),
+        )
+    },
     "kandinsky-5": ModelSpec(
         name="kandinsky-5",
         family="k5",  # pipelines/k5_tasks.py (K5Models, text_to_image)

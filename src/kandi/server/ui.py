@@ -27,6 +27,7 @@ from ..engine import RequestError
 from .inputs import FieldError
 from .jobs import FINISHED, Job, QueueFull
 from .schemas import BODIES, TASKS, plan
+from .ui_extras import editor_mask, hires_inputs, lora_names
 
 if TYPE_CHECKING:
     from PIL import Image
@@ -75,25 +76,6 @@ def preset_size(aspect: str, default: int, max_side: int) -> tuple[int, int]:
         return min(top, max(64, round(v / 64) * 64))
 
     return side(default * math.sqrt(a / b)), side(default * math.sqrt(b / a))
-
-
-def editor_mask(value: dict[str, Any] | None) -> Image.Image | None:
-    """The repaint mask of a gr.ImageEditor value: white where any brush layer has paint, as an "L"
-    image of the background's size; None when nothing is painted."""
-    from PIL import Image, ImageChops
-
-    if not value or value.get("background") is None:
-        return None
-    size = value["background"].size
-    mask = Image.new("L", size, 0)
-    for layer in value.get("layers") or []:
-        if layer is None:
-            continue
-        alpha = layer.convert("RGBA").getchannel("A")
-        if alpha.size != size:  # a layer drawn on a canvas of another size still covers the same area
-            alpha = alpha.resize(size, Image.Resampling.NEAREST)
-        mask = ImageChops.lighter(mask, alpha.point(lambda v: 255 if v > 0 else 0))
-    return mask if mask.getbbox() else None
 
 
 def png_base64(image: Image.Image) -> str:
@@ -155,7 +137,8 @@ def build_body(task: str, v: dict[str, Any], family: str) -> BaseModel:
         "seed": _seed(v.get("seed")),
         "num_images": _int(v.get("num_images")) or 1,
         "scheduler": v.get("scheduler") if v.get("scheduler") not in (None, "", MODEL_DEFAULT) else None,
-        "loras": [{"name": n, "scale": float(v.get("lora_weight") or 1.0)} for n in v.get("loras") or []] or None,
+        "loras": [{"name": n, "scale": float(v.get("lora_weight") or 1.0)} for n in v.get("loras") or []]
+        or None,
     }
     if task == "txt2img" and v.get("hires"):
         common["hires"] = {"scale": v.get("hires_scale") or 2.0, "strength": v.get("hires_strength") or 0.5,
@@ -476,38 +459,17 @@ def _settings(ui: UI, task: str, c: dict[str, Any], d: dict[str, Any], k3: bool)
 
         c["scheduler"] = gr.Dropdown([MODEL_DEFAULT, *(x["name"] for x in sampler_names())], value=MODEL_DEFAULT,
                                      label="Sampler", elem_id=f"{task}-sampler")  # fmt: skip
-        loras = _lora_names(ui)
+        loras = lora_names(ui.server.lora_dir)
         with gr.Row(visible=bool(loras)):
-            c["loras"] = gr.Dropdown(loras, value=[], multiselect=True, label="LoRAs", elem_id=f"{task}-loras")
+            c["loras"] = gr.Dropdown(
+                loras, value=[], multiselect=True, label="LoRAs", elem_id=f"{task}-loras"
+            )
             c["lora_weight"] = gr.Slider(-2, 2, 1.0, step=0.05, label="LoRA weight", min_width=140)
     if task == "txt2img":
-        _hires_inputs(ui, task, c)
+        hires_inputs(task, c, ui.server.upscaler_dir, ui.server.limits.max_steps)
 
 
 MODEL_DEFAULT = "model default"
-
-
-def _lora_names(ui: UI) -> list[str]:
-    from ..lora import list_loras
-
-    return [x["name"] for x in list_loras(ui.server.lora_dir)] if ui.server.lora_dir else []
-
-
-def _hires_inputs(ui: UI, task: str, c: dict[str, Any]) -> None:
-    """A1111's hires fix: the image made, upscaled, then redrawn at the larger size."""
-    from ..pipelines.hires import builtin_upscalers
-    from ..upscale import list_upscalers
-
-    learned = [x["name"] for x in list_upscalers(ui.server.upscaler_dir) if x["path"]]
-    with gr.Accordion("Hi-res pass", open=False, elem_id=f"{task}-hires-section"):
-        c["hires"] = gr.Checkbox(False, label="Upscale and redraw (hires fix)", elem_id=f"{task}-hires")
-        with gr.Row():
-            c["hires_scale"] = gr.Slider(1, 4, 2, step=0.25, label="Upscale by", min_width=140)
-            c["hires_strength"] = gr.Slider(0, 1, 0.5, step=0.05, label="Denoising strength", min_width=140)
-        with gr.Row():
-            c["hires_steps"] = gr.Slider(0, ui.server.limits.max_steps, 0, step=1, label="Hires steps (0: same)",
-                                         min_width=140)  # fmt: skip
-            c["hires_upscaler"] = gr.Dropdown([*builtin_upscalers(), *learned], value="lanczos", label="Upscaler")
 
 
 def _task_inputs(task: str, c: dict[str, Any], max_side: int) -> None:
