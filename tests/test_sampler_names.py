@@ -9,7 +9,7 @@ from kandi.schedulers import names
 from kandi.schedulers.dpm import DPMSolverMultistepScheduler
 from kandi.schedulers.euler import EulerAncestralDiscreteScheduler
 
-BASE = json.loads(Path("/work/shared/configs/k22-decoder.scheduler.json").read_text())
+BASE = json.loads((Path(__file__).parent / "data" / "configs" / "k22-decoder.scheduler.json").read_text())
 
 
 @pytest.mark.parametrize("entry", names.sampler_names(), ids=lambda e: e["name"])

@@ -10,7 +10,7 @@ import torch
 from kandi.schedulers.dpm import DPMSolverMultistepScheduler
 from kandi.schedulers.euler import EulerAncestralDiscreteScheduler, EulerDiscreteScheduler
 
-CONFIGS = Path("/work/shared/configs")
+CONFIGS = Path(__file__).parent / "data" / "configs"  # the official configs, copied from shared/
 NAMES = ["k21.scheduler.json", "k21.ddpm_scheduler.json", "k22-decoder.scheduler.json", "k3.scheduler.json"]
 
 
