@@ -252,7 +252,9 @@ def test_generate_help_shows_each_familys_defaults(capsys):
     with pytest.raises(SystemExit):
         cli.main(["generate", "--help"])
     text = " ".join(capsys.readouterr().out.split())
-    assert "guidance (default 4.0 (kandinsky-3: 3.0;" in text and "steps (default 50 (kandinsky-3: 25;" in text
+    assert (
+        "guidance (default 4.0 (kandinsky-3: 3.0;" in text and "steps (default 50 (kandinsky-3: 25;" in text
+    )
 
 
 def test_an_existing_output_is_kept_and_the_new_name_said(offline_hub, capsys, tmp_path):
