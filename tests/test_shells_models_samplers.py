@@ -205,3 +205,6 @@ def test_kandinsky_5_from_the_cli(k5_hub, capsys, tmp_path):
     assert (tmp_path / "again.png").read_bytes() == (tmp_path / "k5.png").read_bytes()
     code, out, err = run(capsys, "mix", "a", "1", "-m", "kandinsky-5", "--offline", "-o", tmp_path)
     assert_one_line_error(code, out, err, 1, "kandinsky-5 cannot do mix")
+    code, out, err = run(capsys, *args, "--sampler", "DDIM", "-o", tmp_path / "ddim.png")
+    assert_one_line_error(code, out, err, 2, "kandinsky-5 runs flow-matching Euler only")
+    assert run(capsys, *args, "--sampler", "Euler", "-o", tmp_path / "euler.png")[0] == 0

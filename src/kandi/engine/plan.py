@@ -96,6 +96,7 @@ def plan(req: Request, limits: Limits | None = None, choose: Chooser = choose_mo
     fam = family or (model.spec.family if model.spec else None)
     _check_family(fam, model.label, task.name)
     opts = _options(req, model, task, fam, limits)
+    _check_sampler_family(opts.scheduler, fam, model.label)
     p = Plan(task.name, opts, model, task.kwargs, task.inputs, task.fields, task.prior_runs, task.strength,
              list(req.notes))  # fmt: skip
     _loras(req, p)
@@ -188,6 +189,23 @@ def _upscaler_file(name: str, folder: str | None) -> str:
     where = f"in {folder}" if folder else "(no upscaler folder is set: --upscaler-dir)"
     raise RequestError(f"unknown upscaler {name!r}: not lanczos, nearest, a latent mode, a file, or a model "
                        f"{where}", "hires")  # fmt: skip
+
+
+def _check_sampler_family(name: str | None, fam: str | None, label: str) -> None:
+    """Kandinsky 3.1 runs its own samplers and Kandinsky 5 flow matching: a DDPM-family name is refused
+    before any model loads (only Euler is correct for a flow model)."""
+    if name is None or fam not in ("k31", "k5"):
+        return
+    from ..schedulers.names import _find
+
+    if fam == "k5" and _find(name).name == "Euler":
+        return
+    which = (
+        "its own samplers (the original DDIM, or Flash's fixed steps)"
+        if fam == "k31"
+        else "flow-matching Euler only"
+    )
+    raise UsageError(f"{label} runs {which}: leave out the sampler {name!r}", "scheduler")
 
 
 def _check_family(fam: str | None, label: str | None, task: str) -> None:
