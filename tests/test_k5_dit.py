@@ -8,21 +8,9 @@ import torch
 from kandi.models.k5_dit import K5DiT, K5DiTConfig
 
 diffusers = pytest.importorskip("diffusers")
+from tiny_k5 import DIT_TINY  # noqa: E402
 
-TINY = dict(  # diffusers' tests/pipelines/kandinsky5/test_kandinsky5_t2i.py
-    in_visual_dim=16,
-    in_text_dim=32,
-    in_text_dim2=16,
-    time_dim=16,
-    out_visual_dim=16,
-    patch_size=(1, 2, 2),
-    model_dim=16,
-    ff_dim=32,
-    num_text_blocks=1,
-    num_visual_blocks=2,
-    axes_dims=(1, 1, 2),
-    attention_type="regular",
-)
+TINY = {**DIT_TINY, "attention_type": "regular"}
 
 
 def _pair(**overrides):

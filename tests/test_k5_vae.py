@@ -8,25 +8,9 @@ import torch
 from kandi.models.vae_flux import AutoencoderKL, VAEConfig
 
 diffusers = pytest.importorskip("diffusers")
+from tiny_k5 import VAE_TINY  # noqa: E402
 
-T2I_TEST = dict(  # diffusers' tests/pipelines/kandinsky5/test_kandinsky5_t2i.py
-    act_fn="silu",
-    block_out_channels=[32, 64],
-    down_block_types=["DownEncoderBlock2D"] * 2,
-    force_upcast=True,
-    in_channels=3,
-    latent_channels=16,
-    layers_per_block=1,
-    mid_block_add_attention=False,
-    norm_num_groups=32,
-    out_channels=3,
-    sample_size=128,
-    scaling_factor=0.3611,
-    shift_factor=0.1159,
-    up_block_types=["UpDecoderBlock2D"] * 2,
-    use_post_quant_conv=False,
-    use_quant_conv=False,
-)
+T2I_TEST = VAE_TINY
 
 
 def _pair(**overrides):

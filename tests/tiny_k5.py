@@ -17,6 +17,17 @@ QWEN_SPECIAL = [
 ]
 
 
+# diffusers' tests/pipelines/kandinsky5/test_kandinsky5_t2i.py sizes, shared by the K5 tests
+VAE_TINY = dict(act_fn="silu", block_out_channels=[32, 64], down_block_types=["DownEncoderBlock2D"] * 2,
+                force_upcast=True, in_channels=3, latent_channels=16, layers_per_block=1,
+                mid_block_add_attention=False, norm_num_groups=32, out_channels=3, sample_size=128,
+                scaling_factor=0.3611, shift_factor=0.1159, up_block_types=["UpDecoderBlock2D"] * 2,
+                use_post_quant_conv=False, use_quant_conv=False)  # fmt: skip
+DIT_TINY = dict(in_visual_dim=16, in_text_dim=32, in_text_dim2=16, time_dim=16, out_visual_dim=16,
+                patch_size=(1, 2, 2), model_dim=16, ff_dim=32, num_text_blocks=1, num_visual_blocks=2,
+                axes_dims=(1, 1, 2))  # fmt: skip
+
+
 def qwen_tokenizer(folder: Path):
     """A byte-level BPE tokenizer with Qwen's special tokens (no merges: one token per byte)."""
     from tiny import _byte_chars
@@ -58,24 +69,7 @@ def t2i_components(workdir: Path) -> dict:
     )
 
     torch.manual_seed(0)
-    vae = diffusers.AutoencoderKL(
-        act_fn="silu",
-        block_out_channels=[32, 64],
-        down_block_types=["DownEncoderBlock2D"] * 2,
-        force_upcast=True,
-        in_channels=3,
-        latent_channels=16,
-        layers_per_block=1,
-        mid_block_add_attention=False,
-        norm_num_groups=32,
-        out_channels=3,
-        sample_size=128,
-        scaling_factor=0.3611,
-        shift_factor=0.1159,
-        up_block_types=["UpDecoderBlock2D"] * 2,
-        use_post_quant_conv=False,
-        use_quant_conv=False,
-    )
+    vae = diffusers.AutoencoderKL(**VAE_TINY)
     h = 32
     torch.manual_seed(0)
     qcfg = Qwen2_5_VLConfig(
@@ -119,20 +113,7 @@ def t2i_components(workdir: Path) -> dict:
         )
     ).eval()
     torch.manual_seed(0)
-    dit = diffusers.Kandinsky5Transformer3DModel(
-        in_visual_dim=16,
-        in_text_dim=h,
-        in_text_dim2=16,
-        time_dim=16,
-        out_visual_dim=16,
-        patch_size=(1, 2, 2),
-        model_dim=16,
-        ff_dim=32,
-        num_text_blocks=1,
-        num_visual_blocks=2,
-        axes_dims=(1, 1, 2),
-        visual_cond=False,
-    ).eval()
+    dit = diffusers.Kandinsky5Transformer3DModel(**DIT_TINY, visual_cond=False).eval()
     _jitter(dit, 0.1)
     return {
         "vae": vae.eval(),
