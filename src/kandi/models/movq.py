@@ -290,16 +290,17 @@ class ResAttnStack(nn.Module):
 
 
 class MidBlock(nn.Module):
-    """ResNet -> attention -> ResNet at the lowest resolution."""
+    """ResNet -> attention -> ResNet at the lowest resolution (the FLUX VAE may leave out the attention)."""
 
-    def __init__(self, ch: int, groups: int, zq_ch: int | None = None):
+    def __init__(self, ch: int, groups: int, zq_ch: int | None = None, attn: bool = True):
         super().__init__()
-        self.attentions = nn.ModuleList([AttnBlock(ch, groups, zq_ch)])
+        self.attentions = nn.ModuleList([AttnBlock(ch, groups, zq_ch)]) if attn else None
         self.resnets = nn.ModuleList([ResnetBlock(ch, ch, groups, zq_ch) for _ in range(2)])
 
     def forward(self, x: torch.Tensor, zq: torch.Tensor | None = None) -> torch.Tensor:
         x = self.resnets[0](x, zq)
-        x = self.attentions[0](x, zq)
+        if self.attentions is not None:
+            x = self.attentions[0](x, zq)
         return self.resnets[1](x, zq)
 
 

@@ -16,7 +16,7 @@ from torch import nn
 
 from ..schedulers.noise import randn
 from .layers import KandiModel, ModelOutput, config_int, config_ints
-from .movq import ACTIVATIONS, DECODER_BLOCKS, ENCODER_BLOCKS, EPS, AttnBlock, ResAttnStack, ResnetBlock
+from .movq import ACTIVATIONS, DECODER_BLOCKS, ENCODER_BLOCKS, EPS, MidBlock, ResAttnStack
 
 
 def _refuse(field: str, value: Any, accepted: str) -> ValueError:
@@ -101,21 +101,6 @@ class VAEConfig:
         return {"_class_name": "AutoencoderKL", **d}
 
 
-class MidBlock(nn.Module):
-    """ResNet -> (attention) -> ResNet at the lowest resolution."""
-
-    def __init__(self, ch: int, groups: int, attn: bool):
-        super().__init__()
-        self.attentions = nn.ModuleList([AttnBlock(ch, groups, None)]) if attn else None
-        self.resnets = nn.ModuleList([ResnetBlock(ch, ch, groups, None) for _ in range(2)])
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.resnets[0](x)
-        if self.attentions is not None:
-            x = self.attentions[0](x)
-        return self.resnets[1](x)
-
-
 class Encoder(nn.Module):
     """Image (B, 3, H, W) in [-1, 1] -> (B, 2 * latent, H / f, W / f): Gaussian mean and log-variance."""
 
@@ -129,7 +114,7 @@ class Encoder(nn.Module):
             )
             for i, (t, ch) in enumerate(zip(cfg.down_block_types, chs))
         )
-        self.mid_block = MidBlock(chs[-1], groups, cfg.mid_block_add_attention)
+        self.mid_block = MidBlock(chs[-1], groups, attn=cfg.mid_block_add_attention)
         self.conv_norm_out = nn.GroupNorm(groups, chs[-1], eps=EPS)
         self.conv_out = nn.Conv2d(chs[-1], 2 * cfg.latent_channels, 3, padding=1)
 
@@ -147,7 +132,7 @@ class Decoder(nn.Module):
         super().__init__()
         chs, groups = cfg.block_out_channels[::-1], cfg.norm_num_groups
         self.conv_in = nn.Conv2d(cfg.latent_channels, chs[0], 3, padding=1)
-        self.mid_block = MidBlock(chs[0], groups, cfg.mid_block_add_attention)
+        self.mid_block = MidBlock(chs[0], groups, attn=cfg.mid_block_add_attention)
         self.up_blocks = nn.ModuleList(
             ResAttnStack(
                 chs[max(i - 1, 0)],
