@@ -142,6 +142,33 @@ class KandiModel(nn.Module):
         save_model(self, save_directory, safe_serialization=safe_serialization, variant=variant)
 
 
+def follow_input_layouts(model: nn.Module) -> None:
+    """Keep each conv's weight in the memory layout of the feature maps it is called with.
+
+    An attention's output is a channels-last view, so the convs after it run channels-last (in
+    diffusers too: that is where kandi's bits come from). With NCHW weights oneDNN then reorders the
+    weights on every call (a fifth of a UNet step at 256x256). Holding those weights channels-last
+    gives the same bits without the reorder, while convs fed NCHW maps keep NCHW weights (a
+    channels-last weight would switch them to the channels-last kernel, which sums in another order).
+    The layout is set at a conv's first call and re-set only if its inputs change layout.
+    """
+    for m in model.modules():
+        if isinstance(m, nn.Conv2d):
+            m.register_forward_pre_hook(_weight_like_input)
+
+
+def _weight_like_input(conv: nn.Conv2d, args: tuple[Any, ...]) -> None:
+    if torch.compiler.is_compiling():  # a compiled graph picks its own layouts
+        return
+    x, w = args[0], conv.weight
+    # what the conv dispatcher reads as a channels-last input: NHWC strides, not also plain contiguous
+    nhwc = x.dim() == 4 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last)
+    fmt = torch.channels_last if nhwc else torch.contiguous_format
+    if not w.is_contiguous(memory_format=fmt):  # 1x1 weights are both: they never move
+        with torch.no_grad():
+            w.data = w.data.contiguous(memory_format=fmt)
+
+
 class ModelOutput:
     """Base of the output dataclasses: a field is read by name, key or position (`out.sample`,
     `out["sample"]`, `out[0]`), the three ways diffusers' `BaseOutput` is read by callers."""

@@ -16,7 +16,16 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .layers import KandiModel, ModelOutput, attention, config_int, config_ints, merge_heads, split_heads
+from .layers import (
+    KandiModel,
+    ModelOutput,
+    attention,
+    config_int,
+    config_ints,
+    follow_input_layouts,
+    merge_heads,
+    split_heads,
+)
 
 # block type -> whether it carries attention (the only difference between the two types of each side)
 ENCODER_BLOCKS = {"DownEncoderBlock2D": False, "AttnDownEncoderBlock2D": True}
@@ -172,8 +181,28 @@ class SpatialNorm(nn.Module):
         self.conv_b = nn.Conv2d(zq_ch, ch, 1)
 
     def forward(self, x: torch.Tensor, zq: torch.Tensor) -> torch.Tensor:
-        zq = _fit(zq, x)  # a no-op when the decoder already resized it for this level
-        return self.norm_layer(x) * self.conv_y(zq) + self.conv_b(zq)
+        # MoVQ nearest-resizes zq to x's size, then runs the 1x1 convs there. A 1x1 conv acts on each
+        # pixel alone, so it commutes with nearest resizing (which only copies pixels): run the convs at
+        # the latent's size (4^level times fewer pixels) and broadcast each result over its block.
+        y, b = self.conv_y(zq), self.conv_b(zq)
+        return _modulate(self.norm_layer(x), y, b)
+
+
+def _modulate(n: torch.Tensor, y: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """n * nearest(y) + nearest(b), with y and b (B, C, h, w) nearest-resized to n's (H, W).
+
+    Two elementwise ops as MoVQ runs them (a multiply, then an add: each rounds once), so the result
+    equals resizing first to the bit.
+    """
+    (hn, wn), (hy, wy) = n.shape[-2:], y.shape[-2:]
+    if (hn, wn) == (hy, wy):
+        return n * y + b
+    if hn % hy or wn % wy:  # not whole multiples: resize the two maps (nearest copies pixels: exact)
+        return n * _fit(y, n) + _fit(b, n)
+    # (B, C, H, W) -> (B, C, hy, H/hy, wy, W/wy): every latent pixel's block shares one y and one b
+    blocks = n.unflatten(3, (wy, wn // wy)).unflatten(2, (hy, hn // hy))
+    out = blocks * y[:, :, :, None, :, None] + b[:, :, :, None, :, None]
+    return out.flatten(4, 5).flatten(2, 3)
 
 
 def make_norm(ch: int, groups: int, zq_ch: int | None) -> nn.Module:
@@ -362,14 +391,12 @@ class Decoder(nn.Module):
         self.conv_out = nn.Conv2d(chs[-1], cfg.out_channels, 3, padding=1)
 
     def forward(self, z: torch.Tensor, zq: torch.Tensor | None) -> torch.Tensor:
+        # every spatial norm takes the latent-sized zq and broadcasts its 1x1 convs (see SpatialNorm)
         x = self.conv_in(z)
-        x = self.mid_block(x, _fit(zq, x))
+        x = self.mid_block(x, zq)
         for block in self.up_blocks:
-            # Resize the latent once per level (from the original, as diffusers does), not once per norm.
-            zq_x = _fit(zq, x)
-            x = block(x, zq_x)
-        # The last block does not upsample, so its latent already has the output size.
-        return self.conv_out(F.silu(self.conv_norm_out(x, zq_x)))
+            x = block(x, zq)
+        return self.conv_out(F.silu(self.conv_norm_out(x, zq)))
 
 
 class VectorQuantizer(nn.Module):
@@ -423,6 +450,7 @@ class MoVQ(KandiModel):
         self.quantize = VectorQuantizer(config.num_vq_embeddings, config.embed_dim)
         self.post_quant_conv = nn.Conv2d(config.embed_dim, config.latent_channels, 1)
         self.decoder = Decoder(config)
+        follow_input_layouts(self)
 
     def encode(self, x: torch.Tensor) -> EncoderOutput:
         """Image (B, C, H, W) in [-1, 1] -> unquantised latents (`.latents`)."""

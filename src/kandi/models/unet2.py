@@ -15,7 +15,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .layers import KandiModel, TimestepEmbedding, attention, merge_heads, split_heads, timestep_embedding
+from .layers import (
+    KandiModel,
+    TimestepEmbedding,
+    attention,
+    follow_input_layouts,
+    merge_heads,
+    split_heads,
+    timestep_embedding,
+)
 
 DOWN_TYPES = ("ResnetDownsampleBlock2D", "SimpleCrossAttnDownBlock2D")
 UP_TYPES = ("ResnetUpsampleBlock2D", "SimpleCrossAttnUpBlock2D")
@@ -497,6 +505,7 @@ class UNet2(KandiModel):
         )
         self.conv_norm_out = nn.GroupNorm(cfg.norm_num_groups, ch[0], eps=cfg.norm_eps)
         self.conv_out = nn.Conv2d(ch[0], cfg.out_channels, 3, padding=1)
+        follow_input_layouts(self)  # channels-last weights where the maps are (same bits)
 
     def condition(
         self,

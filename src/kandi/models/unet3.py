@@ -21,6 +21,7 @@ from .layers import (
     attention,
     config_int,
     config_ints,
+    follow_input_layouts,
     merge_heads,
     split_heads,
     timestep_embedding,
@@ -430,6 +431,7 @@ class UNet3(KandiModel):
         self.up_blocks = nn.ModuleList(UpBlock(cfg, lv) for lv in up)
         self.conv_norm_out = nn.GroupNorm(cfg.groups, init)
         self.conv_out = nn.Conv2d(init, cfg.latent_channels, 3, padding=1)
+        follow_input_layouts(self)  # channels-last weights where the maps are (same bits)
 
     def condition(
         self, encoder_hidden_states: torch.Tensor, encoder_attention_mask: torch.Tensor | None = None
