@@ -3,6 +3,8 @@ norm at latent resolution), torch.compile without recompiles, bf16 on the CPU on
 
 from __future__ import annotations
 
+import numpy as np
+import PIL.Image
 import pytest
 import torch
 import torch.nn.functional as F
@@ -73,3 +75,136 @@ def test_movq_decode_equals_diffusers_bit_for_bit() -> None:
     for _ in range(2):  # the first call lays out the weights, the second runs with them
         want = ref.decode(z, force_not_quantize=True).sample
         assert torch.equal(ours.decode(z, force_not_quantize=True).sample, want)
+
+
+# ---------------------------------------------------------------------------------------------- compile
+# backend="eager": dynamo's capture, guards and recompiles as with inductor, without inductor's minutes
+# of code generation on a CPU (the graph runs the captured aten ops, so outputs keep their bits)
+
+
+def _graphs() -> int:
+    from torch._dynamo.utils import counters
+
+    return counters["stats"]["unique_graphs"]
+
+
+def _fresh_dynamo() -> None:
+    import torch._dynamo
+    from torch._dynamo.utils import counters
+
+    torch._dynamo.reset()
+    counters.clear()  # reset() keeps the counters of earlier tests
+
+
+@torch.no_grad()
+def test_compiled_unet_and_decoder_do_not_recompile_per_step_or_image() -> None:
+
+    unet, _ = _pair(UNet2, diffusers.UNet2DConditionModel, "tiny-k22-decoder", "unet")
+    movq, _ = _pair(MoVQ, diffusers.VQModel, "tiny-k22-decoder", "movq")
+    g = torch.Generator().manual_seed(2)
+    cond = unet.condition(torch.randn(2, 32, generator=g))
+    ts = torch.tensor([999, 666, 333, 0])  # the pipelines' schedule: each step's timestep is a tensor
+    images = [(torch.randn(2, 4, 8, 8, generator=g), torch.randn(1, 4, 8, 8, generator=g)) for _ in range(2)]
+    want = [[unet.denoise(x, t, cond) for t in ts] + [movq.decode(z, force_not_quantize=True).sample]
+            for x, z in images]  # fmt: skip
+    _fresh_dynamo()
+    denoise = torch.compile(unet.denoise, fullgraph=True, backend="eager")
+    decode = torch.compile(movq.decode, fullgraph=True, backend="eager")
+    forward = torch.compile(unet, fullgraph=True, backend="eager")
+    for (x, z), w in zip(images, want):
+        got = [denoise(x, t, cond) for t in ts] + [decode(z, force_not_quantize=True).sample]
+        assert all(torch.equal(a, b) for a, b in zip(got, w))
+    assert _graphs() == 2  # one graph each for 4 steps x 2 images and 2 decodes: nothing recompiled
+    emb = torch.randn(2, 32, generator=g)
+    for t in ts:
+        forward(images[0][0], t, encoder_hidden_states=None, added_cond_kwargs={"image_embeds": emb})
+    assert _graphs() == 3
+
+
+def test_enable_compile_compiles_the_unet_step_and_the_decoder(k22_repos, monkeypatch) -> None:
+
+    import kandi
+
+    pipe = kandi.KandinskyV22Pipeline.from_pretrained(k22_repos["decoder"])
+    pipe.set_progress_bar_config(disable=True)
+    emb = torch.randn(1, 32, generator=torch.Generator().manual_seed(4))
+    kw = {"image_embeds": emb, "negative_image_embeds": -emb, "height": 32, "width": 32, "output_type": "np"}
+    want = [
+        pipe(**kw, num_inference_steps=3, generator=torch.Generator().manual_seed(s)).images for s in (1, 2)
+    ]
+    _fresh_dynamo()
+    with pytest.warns(kandi.errors.KandiWarning, match="first image pays for the compile"):
+        pipe.enable_compile(backend="eager")
+    pipe.enable_compile(backend="eager")  # twice: not compiled twice
+    for s, w in zip((1, 2), want):
+        got = pipe(**kw, num_inference_steps=3, generator=torch.Generator().manual_seed(s)).images
+        assert np.array_equal(got, w)
+    assert _graphs() == 2  # the UNet step and the decoder, once each for 3 steps x 2 images
+
+
+def test_cli_compile_prints_its_cost_and_keeps_the_image(offline_hub, tmp_path, capsys, monkeypatch) -> None:
+    from kandi import cli, fast
+
+    args = ["generate", "a red cat", "-s", "7", "-W", "64", "-H", "64", "--steps", "2", "--prior-steps", "2"]
+    assert cli.main([*args, "-o", str(tmp_path / "plain.png")]) == 0
+    compile_models = fast.compile_models
+    monkeypatch.setattr(fast, "compile_models", lambda models: compile_models(models, backend="eager"))
+    capsys.readouterr()
+    assert cli.main([*args, "-o", str(tmp_path / "compiled.png"), "--compile"]) == 0
+    err = capsys.readouterr().err
+    assert "compiling the UNet and the MoVQ decoder" in err and "the first image pays" in err
+    pixels = [np.asarray(PIL.Image.open(tmp_path / f)) for f in ("plain.png", "compiled.png")]
+    assert np.array_equal(*pixels)
+
+
+# ------------------------------------------------------------------------------------------ bf16 on CPU
+
+
+def test_native_bf16_reads_the_cpu_flags(monkeypatch) -> None:
+    from kandi import fast
+
+    for flags, native in (({"avx512f", "avx2"}, False), ({"avx512f", "avx512_bf16"}, True),
+                          ({"amx_bf16", "amx_tile"}, True), (set(), False)):  # fmt: skip
+        monkeypatch.setattr(fast, "cpu_flags", lambda flags=flags: flags)
+        assert fast.native_bf16() is native
+
+
+def test_bf16_is_refused_on_a_cpu_without_native_bf16(k22_repos, monkeypatch) -> None:
+    import kandi
+    from kandi import fast
+    from kandi.engine.models import runtime
+    from kandi.engine.requests import UsageError
+
+    monkeypatch.setattr(fast, "cpu_flags", lambda: {"avx2", "avx512f"})
+    with pytest.raises(UsageError, match=r"--dtype bf16: .*far slower than float32.*--dtype fp32"):
+        runtime("cpu", "bfloat16")
+    assert runtime("cpu", "float32")[1] == torch.float32
+    pipe = kandi.KandinskyV22Pipeline.from_pretrained(k22_repos["decoder"], torch_dtype=torch.bfloat16)
+    emb = torch.randn(1, 32)
+    with pytest.raises(ValueError, match=r"no native bf16.*torch_dtype=torch.float32"):
+        pipe(image_embeds=emb, negative_image_embeds=emb, height=32, width=32, num_inference_steps=1)
+
+
+@torch.no_grad()
+def test_bf16_where_native_runs_channels_last_close_to_fp32(k22_repos, monkeypatch) -> None:
+    import kandi
+    from kandi import fast
+    from kandi.engine.models import runtime
+
+    monkeypatch.setattr(fast, "cpu_flags", lambda: {"avx512f", "avx512_bf16"})
+    assert runtime("cpu", "bfloat16")[1] == torch.bfloat16
+    pipe = kandi.KandinskyV22Pipeline.from_pretrained(k22_repos["decoder"], torch_dtype=torch.bfloat16)
+    pipe.set_progress_bar_config(disable=True)
+    emb = torch.randn(1, 32, generator=torch.Generator().manual_seed(5), dtype=torch.bfloat16)
+    kw = {"image_embeds": emb, "negative_image_embeds": -emb, "height": 32, "width": 32, "output_type": "np"}
+    image = pipe(**kw, num_inference_steps=2, generator=torch.Generator().manual_seed(1)).images
+    assert image.shape == (1, 32, 32, 3) and np.isfinite(image).all()
+    w = pipe.unet.down_blocks[0].resnets[0].conv1.weight  # fed NCHW maps in fp32; channels-last in bf16
+    assert w.dtype == torch.bfloat16 and w.is_contiguous(memory_format=torch.channels_last)
+    # one UNet step in bf16 channels-last against fp32 (a tiny random pipeline's steps are chaotic: its
+    # images drift apart in any precision, so the step is compared)
+    ref = kandi.KandinskyV22Pipeline.from_pretrained(k22_repos["decoder"]).unet
+    x, pair = torch.randn(2, 4, 8, 8, generator=torch.Generator().manual_seed(6)), torch.cat([emb, -emb])
+    want = ref.denoise(x, torch.tensor(500), ref.condition(pair.float()))
+    got = pipe.unet.denoise(x.bfloat16(), torch.tensor(500), pipe.unet.condition(pair)).float()
+    assert (got - want).abs().max() <= 3e-2 * want.abs().max()  # bf16: an 8-bit mantissa

@@ -16,6 +16,7 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
+from .. import fast
 from ..errors import CheckpointError, warn_once
 from ..pipelines.common import Placement, accelerator_device, numpy_to_pil, offload_unavailable
 from .lora import LoraLoaderMixin
@@ -179,12 +180,25 @@ class DiffusionPipeline(LoraLoaderMixin):
         """Execution device for a call; warns once when half precision would run on the CPU."""
         device = self._execution_device
         dtypes = {p.dtype for _, m in self._modules() for p in [next(m.parameters(), None)] if p is not None}
-        if device.type == "cpu" and dtypes & {torch.float16, torch.bfloat16}:
+        if device.type == "cpu" and torch.bfloat16 in dtypes:
+            fast.check_cpu_dtype(torch.bfloat16)  # refused where the CPU has no native bf16
+            if not getattr(self, "_bf16_layout", False):
+                fast.use_bf16_layout(self)
+                self._bf16_layout = True
+        if device.type == "cpu" and torch.float16 in dtypes:
             warn_once(
-                "running float16/bfloat16 weights on the CPU: this works but is about 100x slower than float32 "
-                "(load with torch_dtype=torch.float32 on a machine without a GPU)"
+                "running float16 weights on the CPU: this works but is about 100x slower than float32 "
+                "(load with torch_dtype=torch.float32, or bfloat16 on a CPU with native bf16)"
             )
         return device
+
+    def enable_compile(self, mode: str | None = None, backend: str = "inductor") -> None:
+        """torch.compile the UNet's denoising step and the MoVQ decoder (fullgraph, static shapes).
+
+        The first image pays for the compile (minutes on a CPU); every later step and image of the same
+        size reuses it. `mode` is torch.compile's: "reduce-overhead" adds CUDA graphs on a GPU.
+        """
+        warn_once(fast.compile_models(self, mode=mode, backend=backend))
 
     # ------------------------------------------------------------------------------ memory options
 

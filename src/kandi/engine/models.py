@@ -95,7 +95,14 @@ def runtime(
         # same kind of device as the PNG was made on: its dtype too, or the pixels would differ
         dtype = recorded.get("dtype") if recorded.get("dtype") in DTYPES.values() else None
     dtype = dtype or ("float16" if dev.type == "cuda" else "float32")
-    if dev.type == "cpu" and dtype != "float32":
+    if dev.type == "cpu" and dtype == "bfloat16":
+        from .. import fast
+
+        try:  # bf16 where the CPU computes it natively (AMX, AVX-512 BF16); refused where it would crawl
+            fast.check_cpu_dtype(torch.bfloat16, how="--dtype fp32")
+        except ValueError as e:
+            raise UsageError(f"--dtype bf16: {e}") from None
+    elif dev.type == "cpu" and dtype != "float32":
         from ..errors import warn_once
 
         # the same words as the Python API's warning (compat.base), so both shells say it alike
@@ -145,7 +152,7 @@ def load(model: ModelChoice, device: torch.device, dtype: torch.dtype, variant: 
                 from ..pipelines.k3_tasks import K3Models
 
                 k3 = K3Models.load(model.decoder, torch_dtype=dtype, variant=variant, **hub)
-                return replace(model, prior=None), k3.to(device)
+                return replace(model, prior=None), _placed(k3.to(device), device, dtype)
             if model.prior is None:
                 card = connected_repos(resolve_repo_dir(model.decoder, variant=variant, **hub))
                 model = replace(model, prior=card.get("prior") or REGISTRY[DEFAULT_MODEL].prior_repo)
@@ -154,7 +161,27 @@ def load(model: ModelChoice, device: torch.device, dtype: torch.dtype, variant: 
                                     shared_prior=shared, **hub)  # fmt: skip
     except ModelNotFoundError as e:
         raise with_download_hint(e, model.spec) from None
-    return model, models.to(device)
+    return model, _placed(models.to(device), device, dtype)
+
+
+def compiled(models: Any) -> str:
+    """torch.compile the loaded models' UNet and decoder (`--compile`); the line that says what it costs."""
+    from .. import fast
+
+    try:
+        return fast.compile_models(models)
+    except ValueError as e:
+        raise UsageError(f"--compile: {e}") from None
+
+
+def _placed(models: Any, device: torch.device, dtype: torch.dtype) -> Any:
+    import torch
+
+    if device.type == "cpu" and dtype == torch.bfloat16:  # runtime() let it through: native bf16
+        from .. import fast
+
+        fast.use_bf16_layout(models)
+    return models
 
 
 def family(models: Any) -> str:

@@ -154,6 +154,7 @@ def follow_input_layouts(model: nn.Module) -> None:
     """
     for m in model.modules():
         if isinstance(m, nn.Conv2d):
+            m.channels_last_only = False
             m.register_forward_pre_hook(_weight_like_input)
 
 
@@ -163,7 +164,8 @@ def _weight_like_input(conv: nn.Conv2d, args: tuple[Any, ...]) -> None:
     x, w = args[0], conv.weight
     # what the conv dispatcher reads as a channels-last input: NHWC strides, not also plain contiguous
     nhwc = x.dim() == 4 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last)
-    fmt = torch.channels_last if nhwc else torch.contiguous_format
+    # `channels_last_only`: the bf16 CPU path, where every conv runs NHWC (kandi.fast.use_bf16_layout)
+    fmt = torch.channels_last if nhwc or conv.channels_last_only else torch.contiguous_format
     if not w.is_contiguous(memory_format=fmt):  # 1x1 weights are both: they never move
         with torch.no_grad():
             w.data = w.data.contiguous(memory_format=fmt)

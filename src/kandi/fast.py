@@ -1,0 +1,99 @@
+"""Opt-in fast paths (issue 15): torch.compile of the denoiser and the image decoder, and bfloat16 on
+CPUs that compute it natively.
+
+The default fp32 path gives diffusers' bits; these trade exactness (bf16) or a long first image
+(compile) for speed, so they are asked for by name: `pipe.enable_compile()` / `kandi generate
+--compile`, and `torch_dtype=torch.bfloat16` / `--dtype bf16`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+
+# the CPU flags (/proc/cpuinfo) of native bf16 arithmetic: AMX tiles, AVX-512 BF16 dot products, Arm BF16
+BF16_FLAGS = ("amx_bf16", "avx512_bf16", "bf16")
+COMPILE_NOTE = (
+    "compiling the {parts} (torch.compile): the first image pays for the compile "
+    "(minutes on a CPU, about a minute on a GPU); later images of the same size reuse it"
+)
+
+
+def cpu_flags() -> set[str]:
+    """The CPU feature flags the kernel reports (empty where /proc/cpuinfo does not exist)."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return set()
+    for line in text.splitlines():
+        key, _, value = line.partition(":")
+        if key.strip() in ("flags", "Features"):  # x86, Arm
+            return set(value.split())
+    return set()
+
+
+def native_bf16() -> bool:
+    """Whether this CPU computes bf16 natively (AMX or AVX-512 BF16 on x86, BF16 on Arm).
+
+    Without it oneDNN emulates bf16 with conversions around fp32 maths: slower than plain fp32.
+    """
+    return bool(cpu_flags() & set(BF16_FLAGS))
+
+
+def check_cpu_dtype(dtype: torch.dtype, how: str = "torch_dtype=torch.float32") -> None:
+    """Refuse bf16 on a CPU without native bf16 (far slower than fp32); a ValueError saying what to use."""
+    if dtype == torch.bfloat16 and not native_bf16():
+        raise ValueError(
+            "bfloat16 on this CPU would be far slower than float32: it has no native bf16 arithmetic "
+            f"(CPU flags {' or '.join(BF16_FLAGS)}); use float32 ({how}), or bf16 on a GPU"
+        )
+
+
+def use_bf16_layout(models: Any) -> None:
+    """bf16 CPU kernels (oneDNN AMX / AVX-512 BF16) are fastest on channels-last maps: hold the convs'
+    weights channels-last, so every conv runs on NHWC maps from the first layer on."""
+    for model in _models(models):
+        for m in model.modules():
+            if isinstance(m, torch.nn.Conv2d):
+                m.channels_last_only = True  # read by the models' layout hook (models.layers)
+        model.to(memory_format=torch.channels_last)
+
+
+def compile_models(models: Any, mode: str | None = None, backend: str = "inductor") -> str:
+    """torch.compile the denoiser's step (`unet.denoise`) and the decoder (`movq.decode`) of `models`
+    (a pipeline or a models bundle: anything with `unet` / `movq` attributes or components).
+
+    fullgraph=True (kandi's models have no graph breaks) and dynamic=False: one graph per image size,
+    reused for every step and every later image of that size (the timestep is a tensor input).
+    `mode` is torch.compile's ("reduce-overhead" adds CUDA graphs on a GPU). Returns the line to show
+    the user. Compiling twice is a no-op.
+    """
+    parts = []
+    for name, method in (("unet", "denoise"), ("movq", "decode")):
+        model = _component(models, name)
+        if model is None:
+            continue
+        parts.append("UNet" if name == "unet" else "MoVQ decoder")
+        if not getattr(model, "_kandi_compiled", False):
+            fn = getattr(model, method)
+            setattr(
+                model, method, torch.compile(fn, fullgraph=True, dynamic=False, mode=mode, backend=backend)
+            )
+            model._kandi_compiled = True
+    if not parts:
+        raise ValueError(f"{type(models).__name__} has no UNet or MoVQ to compile (Kandinsky 2.x and 3 have)")
+    return COMPILE_NOTE.format(parts=" and the ".join(parts))
+
+
+def _component(models: Any, name: str) -> torch.nn.Module | None:
+    comps = getattr(models, "components", None)
+    found = comps.get(name) if isinstance(comps, dict) else getattr(models, name, None)
+    return found if isinstance(found, torch.nn.Module) else None
+
+
+def _models(models: Any) -> list[torch.nn.Module]:
+    comps = getattr(models, "components", None)
+    values = comps.values() if isinstance(comps, dict) else vars(models).values()
+    return [m for m in values if isinstance(m, torch.nn.Module)]
