@@ -28,6 +28,7 @@ import subprocess
 import sys
 import time
 import traceback
+import types
 import warnings
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -74,10 +75,21 @@ class Settings:
     tiny_threads: int  # torch intra-op threads for the tiny pipeline on CPU (0: torch's default)
     weights: Path
     quick: bool
+    kandi_dtype_name: str | None = None  # --kandi-dtype: kandi's own (opt-in bf16) against diffusers'
 
     @property
     def dtype(self) -> torch.dtype:
         return DTYPES[self.dtype_name]
+
+    @property
+    def kdtype(self) -> torch.dtype:
+        return DTYPES[self.kandi_dtype_name or self.dtype_name]
+
+    @property
+    def tol_name(self) -> str:
+        """The looser of the two dtypes' output tolerances."""
+        names = (self.dtype_name, self.kandi_dtype_name or self.dtype_name)
+        return max(names, key=lambda n: TOL[n])
 
     @property
     def cuda(self) -> bool:
@@ -92,6 +104,12 @@ def parse_args(argv: list[str] | None = None) -> tuple[Settings, list[str], Path
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--device", default="cpu", help="cpu (default) or cuda[:N]")
     p.add_argument("--dtype", default="fp32", choices=sorted(DTYPES))
+    p.add_argument(
+        "--kandi-dtype",
+        choices=sorted(DTYPES),
+        help="run kandi in this dtype against diffusers in --dtype (e.g. bf16 vs fp32: the opt-in bf16 path, "
+        "channels-last on a CPU with native bf16); unet, movq and prior only",
+    )
     p.add_argument("--repeats", type=int, default=None, help="timed runs per figure (default 5 cpu, 10 cuda)")
     p.add_argument("--warmup", type=int, default=None, help="untimed runs first (default 1 cpu, 3 cuda)")
     p.add_argument("--only", default=",".join(PARTS), help=f"comma list of {','.join(PARTS)}")
@@ -137,6 +155,7 @@ def parse_args(argv: list[str] | None = None) -> tuple[Settings, list[str], Path
         tiny_threads=a.tiny_threads if device.type == "cpu" else 0,
         weights=a.weights.resolve(),
         quick=a.quick,
+        kandi_dtype_name=a.kandi_dtype,
     )
     suffix = "-quick" if a.quick else ""
     out = a.out or OUT / f"results-{device.type}{suffix}.json"
@@ -295,7 +314,7 @@ def pair_row(
     weights_gb: tuple[float, float] = (0.0, 0.0),
 ) -> Row:
     """A kandi-vs-diffusers row; GPU peak = the model's own weights + what its call allocated on top."""
-    diff, ref, ok = compare(name, outs[kandi], outs[diffusers], s.dtype_name)
+    diff, ref, ok = compare(name, outs[kandi], outs[diffusers], s.tol_name)
     pk, pd = peaks[kandi], peaks[diffusers]
     if pk is not None and pd is not None:
         pk, pd = pk + weights_gb[0], pd + weights_gb[1]
@@ -369,7 +388,12 @@ def load_pair(part: str, folder: Path, s: Settings) -> tuple[nn.Module, nn.Modul
 
     dcls_name, kcls_name, _ = MODELS[part]
     t0 = time.perf_counter()
-    k = getattr(kandi, kcls_name).from_pretrained(str(folder), torch_dtype=s.dtype).to(s.device).eval()
+    k = getattr(kandi, kcls_name).from_pretrained(str(folder), torch_dtype=s.kdtype).to(s.device).eval()
+    if s.device.type == "cpu" and s.kdtype == torch.bfloat16:  # the CLI's --dtype bf16 path
+        from kandi import fast
+
+        fast.check_cpu_dtype(torch.bfloat16)
+        fast.use_bf16_layout(types.SimpleNamespace(model=k))
     sync(s.device)
     t1 = time.perf_counter()
     d = getattr(diffusers, dcls_name).from_pretrained(str(folder), torch_dtype=s.dtype).to(s.device).eval()
@@ -399,12 +423,13 @@ def bench_unet(s: Settings, report: Report) -> None:
     )
     x, emb, t = unet_inputs(s)
     added = {"image_embeds": emb}
+    xk, kadded = x.to(s.kdtype), {"image_embeds": emb.to(s.kdtype)}
     with torch.inference_mode():
-        cond = k.condition(emb)
+        cond = k.condition(kadded["image_embeds"])
     fns = {
         "d": lambda: d(x, t, encoder_hidden_states=None, added_cond_kwargs=added, return_dict=False)[0],
-        "k": lambda: k(x, t, encoder_hidden_states=None, added_cond_kwargs=added, return_dict=False)[0],
-        "k_split": lambda: k.denoise(x, t, cond),
+        "k": lambda: k(xk, t, encoder_hidden_states=None, added_cond_kwargs=kadded, return_dict=False)[0],
+        "k_split": lambda: k.denoise(xk, t, cond),
     }
     times, outs, peaks = time_interleaved(fns, s)
     px = f"{s.size}x{s.size}"
@@ -423,7 +448,7 @@ def bench_unet(s: Settings, report: Report) -> None:
             gb,
         )
     )
-    ctimes, _, _ = time_interleaved({"c": lambda: k.condition(emb)}, s)
+    ctimes, _, _ = time_interleaved({"c": lambda: k.condition(kadded["image_embeds"])}, s)
     report.info["unet_condition_s"] = statistics.median(ctimes["c"])
     print(f"  kandi unet.condition() once per generation: {report.info['unet_condition_s'] * 1e3:.2f} ms")
 
@@ -436,7 +461,7 @@ def bench_movq(s: Settings, report: Report) -> None:
     z = torch.randn(1, 4, s.latent, s.latent, generator=g).to(s.device, s.dtype)
     fns = {
         "d": lambda: d.decode(z, force_not_quantize=True).sample,
-        "k": lambda: k.decode(z, force_not_quantize=True).sample,
+        "k": lambda: k.decode(z.to(s.kdtype), force_not_quantize=True).sample,
     }
     times, outs, peaks = time_interleaved(fns, s)
     label = f"movq decode -> {s.size}x{s.size}"
@@ -465,9 +490,10 @@ def bench_prior(s: Settings, report: Report) -> None:
     k, d, loads = load_pair("prior", folder, s)
     report.info["load_prior_s"] = loads
     kw = prior_inputs(s)
+    kkw = {n: v.to(s.kdtype) if v.is_floating_point() else v for n, v in kw.items()}
     fns = {
         "d": lambda: d(**kw).predicted_image_embedding,
-        "k": lambda: k(**kw).predicted_image_embedding,
+        "k": lambda: k(**kkw).predicted_image_embedding,
     }
     times, outs, peaks = time_interleaved(fns, s)
     report.add(pair_row("prior step (77 tokens)", "k", "d", times, outs, peaks, s, "batch 2", size_gb(k, d)))
@@ -658,6 +684,7 @@ def machine_info(s: Settings) -> dict[str, Any]:
         "ram_gb": round(mem_kb / 2**20, 1),
         "device": str(s.device),
         "dtype": s.dtype_name,
+        "kandi_dtype": s.kandi_dtype_name or s.dtype_name,
         "repeats": s.repeats,
         "warmup": s.warmup,
         "cold_repeats": s.cold_repeats,

@@ -208,3 +208,32 @@ def test_bf16_where_native_runs_channels_last_close_to_fp32(k22_repos, monkeypat
     want = ref.denoise(x, torch.tensor(500), ref.condition(pair.float()))
     got = pipe.unet.denoise(x.bfloat16(), torch.tensor(500), pipe.unet.condition(pair)).float()
     assert (got - want).abs().max() <= 3e-2 * want.abs().max()  # bf16: an 8-bit mantissa
+
+
+# ------------------------------------------------------------------------------------------------ noise
+
+
+def test_noise_staged_for_an_accelerator_draws_the_same_bits(monkeypatch) -> None:
+    from kandi.schedulers import noise
+
+    assert noise._host_buffer((2, 3), None, torch.device("cpu"), torch.device("cpu")) is None
+    shape, gens = (3, 4, 5, 5), lambda: [torch.Generator().manual_seed(s) for s in (1, 2, 3)]
+    want = {
+        "one": noise.randn(shape, torch.Generator().manual_seed(9), device="cpu"),
+        "rows": noise.randn(shape, gens(), device="cpu"),
+        "fp16": noise.randn(shape, torch.Generator().manual_seed(9), device="cpu", dtype=torch.float16),
+    }
+    staged = []  # the pinned buffer a CUDA target gets, here as a plain host tensor
+
+    def buffer(shape, dtype, draw_on, out):
+        staged.append(torch.empty(shape, dtype=dtype or torch.get_default_dtype()))
+        return staged[-1]
+
+    monkeypatch.setattr(noise, "_host_buffer", buffer)
+    got = {
+        "one": noise.randn(shape, torch.Generator().manual_seed(9), device="cpu"),
+        "rows": noise.randn(shape, gens(), device="cpu"),
+        "fp16": noise.randn(shape, torch.Generator().manual_seed(9), device="cpu", dtype=torch.float16),
+    }
+    assert len(staged) == 3 and all(torch.equal(got[k], want[k]) for k in want)
+    assert got["fp16"].dtype == torch.float16

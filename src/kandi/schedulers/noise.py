@@ -46,9 +46,27 @@ def randn(
         generator, gens = gens[0], None
     draw_on = _draw_device(device, gens[0] if gens else generator)
     out_device = device or torch.device("cpu")
+    staged = _host_buffer(shape, dtype, draw_on, out_device)
     if gens is None:
-        return torch.randn(shape, generator=generator, device=draw_on, dtype=dtype).to(out_device)
+        if staged is None:
+            return torch.randn(shape, generator=generator, device=draw_on, dtype=dtype).to(out_device)
+        return torch.randn(shape, generator=generator, dtype=dtype, out=staged).to(
+            out_device, non_blocking=True
+        )
     if len(gens) < shape[0]:
         raise ValueError(f"got {len(gens)} generators for a batch of {shape[0]}: pass one per batch row")
     rows = [torch.randn((1, *shape[1:]), generator=g, device=draw_on, dtype=dtype) for g in gens[: shape[0]]]
-    return torch.cat(rows, dim=0).to(out_device)
+    if staged is None:
+        return torch.cat(rows, dim=0).to(out_device)
+    return torch.cat(rows, dim=0, out=staged).to(out_device, non_blocking=True)
+
+
+def _host_buffer(
+    shape: tuple[int, ...], dtype: torch.dtype | None, draw_on: torch.device | None, out: torch.device
+) -> Tensor | None:
+    """A pinned host tensor to draw CPU-generator noise into when it goes to a CUDA device: the copy then
+    runs asynchronously (a pageable one blocks the host each step). The same draws, so the same bits;
+    torch's pinned-memory cache keeps the buffer alive until its copy is done. None: no staging."""
+    if out.type != "cuda" or (draw_on is not None and draw_on.type != "cpu"):
+        return None
+    return torch.empty(shape, dtype=dtype or torch.get_default_dtype(), pin_memory=True)
