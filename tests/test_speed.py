@@ -237,3 +237,13 @@ def test_noise_staged_for_an_accelerator_draws_the_same_bits(monkeypatch) -> Non
     }
     assert len(staged) == 3 and all(torch.equal(got[k], want[k]) for k in want)
     assert got["fp16"].dtype == torch.float16
+
+
+def test_keep_freed_memory_sets_glibc_malloc_where_it_is_glibc() -> None:
+    import platform
+
+    from kandi import fast
+
+    kept = fast.keep_freed_memory()  # twice: setting the same values again is fine
+    assert fast.keep_freed_memory() is kept
+    assert kept is (platform.libc_ver()[0] == "glibc")
