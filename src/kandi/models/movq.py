@@ -192,17 +192,18 @@ def _modulate(n: torch.Tensor, y: torch.Tensor, b: torch.Tensor) -> torch.Tensor
     """n * nearest(y) + nearest(b), with y and b (B, C, h, w) nearest-resized to n's (H, W).
 
     Two elementwise ops as MoVQ runs them (a multiply, then an add: each rounds once), so the result
-    equals resizing first to the bit.
+    equals resizing first to the bit. In place on `n` (the norm's fresh output): no new full-size map
+    to allocate and fault in, and the result keeps n's memory layout, as the out-of-place ops do.
     """
     (hn, wn), (hy, wy) = n.shape[-2:], y.shape[-2:]
     if (hn, wn) == (hy, wy):
-        return n * y + b
+        return n.mul_(y).add_(b)
     if hn % hy or wn % wy:  # not whole multiples: resize the two maps (nearest copies pixels: exact)
-        return n * _fit(y, n) + _fit(b, n)
-    # (B, C, H, W) -> (B, C, hy, H/hy, wy, W/wy): every latent pixel's block shares one y and one b
+        return n.mul_(_fit(y, n)).add_(_fit(b, n))
+    # (B, C, H, W) -> (B, C, hy, H/hy, wy, W/wy), a view: every latent pixel's block shares one y and b
     blocks = n.unflatten(3, (wy, wn // wy)).unflatten(2, (hy, hn // hy))
-    out = blocks * y[:, :, :, None, :, None] + b[:, :, :, None, :, None]
-    return out.flatten(4, 5).flatten(2, 3)
+    blocks.mul_(y[:, :, :, None, :, None]).add_(b[:, :, :, None, :, None])
+    return n
 
 
 def make_norm(ch: int, groups: int, zq_ch: int | None) -> nn.Module:
@@ -222,8 +223,8 @@ class ResnetBlock(nn.Module):
         self.conv_shortcut = nn.Conv2d(in_ch, out_ch, 1) if in_ch != out_ch else None
 
     def forward(self, x: torch.Tensor, zq: torch.Tensor | None = None) -> torch.Tensor:
-        h = self.conv1(F.silu(self.norm1(x, zq)))
-        h = self.conv2(F.silu(self.norm2(h, zq)))
+        h = self.conv1(F.silu(self.norm1(x, zq), inplace=True))
+        h = self.conv2(F.silu(self.norm2(h, zq), inplace=True))
         skip = x if self.conv_shortcut is None else self.conv_shortcut(x)
         return skip + h
 
@@ -363,7 +364,7 @@ class Encoder(nn.Module):
         for block in self.down_blocks:
             x = block(x)
         x = self.mid_block(x)
-        return self.conv_out(F.silu(self.conv_norm_out(x)))
+        return self.conv_out(F.silu(self.conv_norm_out(x), inplace=True))
 
 
 class Decoder(nn.Module):
@@ -396,7 +397,7 @@ class Decoder(nn.Module):
         x = self.mid_block(x, zq)
         for block in self.up_blocks:
             x = block(x, zq)
-        return self.conv_out(F.silu(self.conv_norm_out(x, zq)))
+        return self.conv_out(F.silu(self.conv_norm_out(x, zq), inplace=True))
 
 
 class VectorQuantizer(nn.Module):
