@@ -144,16 +144,18 @@ class QwenVLProcessor:
 
     def _expand(self, texts: list[str], grids: torch.Tensor) -> list[str]:
         """Each `<|image_pad|>` in reading order becomes its image's token count (one per merged group)."""
-        counts = iter((grids.prod(-1) // self.image_processor.merge_size**2).tolist())
-        out = []
+        counts = (grids.prod(-1) // self.image_processor.merge_size**2).tolist()
+        pads = sum(text.count(self.image_token) for text in texts)
+        if pads != len(counts):
+            raise ValueError(
+                f"the prompts hold {pads} <|image_pad|> tokens for {len(counts)} images: one image per token"
+            )
+        out, k = [], 0
         for text in texts:
             parts = text.split(self.image_token)
-            try:
-                out.append(parts[0] + "".join(self.image_token * next(counts) + s for s in parts[1:]))
-            except StopIteration:
-                raise ValueError("the prompts hold more <|image_pad|> tokens than there are images") from None
-        if next(counts, None) is not None:
-            raise ValueError("there are more images than <|image_pad|> tokens in the prompts")
+            widened = [self.image_token * counts[k + i] + s for i, s in enumerate(parts[1:])]
+            out.append(parts[0] + "".join(widened))
+            k += len(parts) - 1
         return out
 
     def __call__(self, text: str | list[str], images: Any = None, videos: Any = None, **kw: Any) -> Encoded:
