@@ -138,3 +138,17 @@ def test_native_api_and_a1111_door(k5i2i_hub, photo):
         assert bad.status_code == 400 and "use kandinsky-5" in bad.text
         bad = c.post("/v1/img2img", json={"prompt": "a cat", "image": b64, "scheduler": "DDIM"})
         assert bad.status_code == 400 and bad.json()["error"]["field"] == "scheduler"
+
+
+@pytest.mark.parametrize("family", ["k5", "k5i2i"])
+def test_ui_bodies_leave_out_the_prior(family):
+    """The UI's img2img tab sends Kandinsky 5 no prior fields (it has no prior), and its tabs follow the
+    family: text to image for kandinsky-5, img2img for kandinsky-5-i2i."""
+    from kandi.engine.requests import tasks_of
+    from kandi.server.ui import build_body
+
+    values = {"prompt": "make it blue", "steps": 2, "prior_steps": 2, "prior_guidance_scale": 4.0,
+              "image": Image.new("RGB", (64, 48)), "strength": 0.5, "input_size": True}  # fmt: skip
+    body = build_body("img2img", values, family)
+    assert body.prior_steps is None and body.prior_guidance_scale is None and body.width is None
+    assert tasks_of(family) == (["text_to_image"] if family == "k5" else ["image_to_image"])
