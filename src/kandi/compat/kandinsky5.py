@@ -1,8 +1,9 @@
-"""Kandinsky 5.0 Image Lite text to image with diffusers' name, arguments, defaults and output.
+"""Kandinsky 5.0 Image Lite text to image and image editing with diffusers' names, arguments, defaults
+and outputs (`Kandinsky5T2IPipeline`, `Kandinsky5I2IPipeline`).
 
 Thin over `kandi.pipelines.k5`. The Qwen2.5-VL `tokenizer` component may be a plain tokenizer
-(AutoTokenizer) or a Qwen2VLProcessor: text to image needs the tokenizer only, so torchvision is not
-required. Beyond diffusers: every argument is checked before model work, one negative prompt applies to
+(AutoTokenizer), kandi's QwenVLProcessor (what loading gives: tokenizer plus a PIL/numpy image
+processor) or a transformers Qwen2VLProcessor: torchvision is not required. Beyond diffusers: every argument is checked before model work, one negative prompt applies to
 every prompt, recent prompts' encodings are cached, and the text encoders may live on another device or
 dtype than the transformer (e.g. on the CPU in bf16 while the DiT runs on the GPU).
 """
