@@ -19,6 +19,7 @@ _EXPORTS = {
     "Kandinsky31Img2ImgPipeline": "kandi.compat.kandinsky31",
     "Kandinsky31InpaintPipeline": "kandi.compat.kandinsky31",
     "Kandinsky5T2IPipeline": "kandi.compat.kandinsky5",
+    "Kandinsky5I2IPipeline": "kandi.compat.kandinsky5",
     "KandinskyPriorPipeline": "kandi.compat.kandinsky21",
     "KandinskyPipeline": "kandi.compat.kandinsky21",
     "KandinskyImg2ImgPipeline": "kandi.compat.kandinsky21",

@@ -278,6 +278,8 @@ def _slice_for(slice_size: str | int | None, model: nn.Module) -> int | None:
 def _library_and_class(comp: Any) -> tuple[str | None, str | None]:
     if comp is None:
         return (None, None)
+    if getattr(type(comp), "saved_as", None) is not None:  # kandi's stand-in for a transformers class
+        return type(comp).saved_as
     name = getattr(type(comp), "diffusers_name", None)
     if name is not None:
         return ("diffusers", name)
