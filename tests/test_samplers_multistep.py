@@ -343,3 +343,17 @@ def test_unsupported_options_are_value_errors(cls, kwargs, match):
 def test_step_before_set_timesteps_is_an_error(cls):
     with pytest.raises(ValueError, match="set_timesteps"):
         cls().step(torch.zeros(1, 4, 2, 2), 999, torch.zeros(1, 4, 2, 2))
+
+
+@pytest.mark.parametrize("cls", CLASSES, ids=lambda c: c.__name__)
+def test_swapping_from_a_dpm_multistep_config_matches_diffusers(cls):
+    """pipe.scheduler = X.from_config(dpm.config): solver/algorithm names another solver stored are
+    mapped as diffusers maps them (midpoint -> bh2 / logrho, dpmsolver++ -> deis)."""
+    base = config("k22-decoder.scheduler.json") | {"solver_type": "heun", "use_karras_sigmas": True}
+    dpm = diffusers.DPMSolverMultistepScheduler.from_config(base)
+    ours, ref = cls.from_config(dpm.config), getattr(diffusers, cls.__name__).from_config(dpm.config)
+    keys = [k for k in ref.config if not k.startswith("_")]
+    assert {k: ours.config[k] for k in keys} == {k: ref.config[k] for k in keys}
+    ours.set_timesteps(7)
+    ref.set_timesteps(7)
+    torch.testing.assert_close(ours.timesteps, ref.timesteps, rtol=0, atol=0)
