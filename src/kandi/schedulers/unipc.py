@@ -175,6 +175,25 @@ class UniPCMultistepScheduler(VPSolverScheduler):
         """[sigmas[top], sigmas[top - 1], ...]: the target then the points the update reads."""
         return [self.sigmas[top - j] for j in range(order + 1)]
 
+    def _correct(self, x: Tensor, m: Tensor, i: int) -> Tensor:
+        """UniC: refine the sample the last prediction reached with its model output m (if enabled)."""
+        if i == 0 or (i - 1) in self.disable_corrector or self.last_sample is None:
+            return x
+        order, cfg = self.this_order, self.config
+        sig = self._sig(i, order)
+        return unipc_update(
+            self.last_sample, self.model_outputs, sig, order, cfg.solver_type, self.predict_x0, m
+        )
+
+    def _order(self, i: int) -> int:
+        """The predictor's order at step i: lowered at the end of the run and during the warm-up."""
+        cfg, n = self.config, len(self._host_ts)
+        order = min(cfg.solver_order, n - i) if cfg.lower_order_final else cfg.solver_order
+        if i == n - 1 and cfg.final_sigmas_type == "zero":
+            # higher orders divide by h = inf on the step to sigma = 0 (diffusers returns inf there)
+            order = 1
+        return min(order, self.lower_order_nums + 1)  # warm-up: no history yet
+
     def step(
         self,
         model_output: Tensor,
@@ -191,26 +210,10 @@ class UniPCMultistepScheduler(VPSolverScheduler):
         cfg = self.config
         i = self._index(timestep)
         m = self.convert_model_output(model_output, sample)
-        x = sample.float()
-        if i > 0 and (i - 1) not in self.disable_corrector and self.last_sample is not None:
-            sig = self._sig(i, self.this_order)
-            x = unipc_update(
-                self.last_sample,
-                self.model_outputs,
-                sig,
-                self.this_order,
-                cfg.solver_type,
-                self.predict_x0,
-                m,
-            )
+        x = self._correct(sample.float(), m, i)
         self._push(m)
         self.timestep_list = self.timestep_list[1:] + [float(self._host_ts[i])]
-        n = len(self._host_ts)
-        order = min(cfg.solver_order, n - i) if cfg.lower_order_final else cfg.solver_order
-        if i == n - 1 and cfg.final_sigmas_type == "zero":
-            # higher orders divide by h = inf on the step to sigma = 0 (diffusers returns inf there)
-            order = 1
-        self.this_order = min(order, self.lower_order_nums + 1)  # warm-up: no history yet
+        self.this_order = self._order(i)
         self.last_sample = x
         x_prev = unipc_update(
             x,
