@@ -40,3 +40,47 @@ def test_unknown_names_are_value_errors_listing_the_known():
         names.make_sampler("Euler a", BASE, scheduler="Karras")
     with pytest.raises(ValueError, match="schedule types"):
         names.make_sampler("Euler", BASE, scheduler="Polyexponential")
+
+
+@pytest.mark.parametrize(
+    ("name", "cls_name", "overrides"),
+    [
+        ("UniPC", "UniPCMultistepScheduler", {}),
+        ("deis", "DEISMultistepScheduler", {}),
+        ("dpmpp_2s", "DPMSolverSinglestepScheduler", {}),
+        ("DPMSolverSinglestepScheduler", "DPMSolverSinglestepScheduler", {}),
+        ("PLMS", "PNDMScheduler", {"skip_prk_steps": True}),
+        ("pndm", "PNDMScheduler", {"skip_prk_steps": True}),
+        ("PNDMScheduler", "PNDMScheduler", {"skip_prk_steps": True}),
+        ("LCM", "LCMScheduler", {}),
+        ("DPM++ 2M", "DPMSolverMultistepScheduler", {}),
+    ],
+)
+def test_multistep_names_build_their_classes_over_the_base_config(name, cls_name, overrides):
+    s = names.make_sampler(name, BASE)
+    assert type(s).__name__ == cls_name
+    assert s.config.beta_start == BASE["beta_start"] and s.config.beta_end == BASE["beta_end"]
+    assert all(s.config[k] == v for k, v in overrides.items())
+
+
+@pytest.mark.parametrize("name", ["UniPC", "DEIS", "DPM++ 2S"])
+def test_multistep_solvers_take_the_karras_schedule(name):
+    s = names.make_sampler(name, BASE, scheduler="Karras")
+    assert s.config.use_karras_sigmas
+    assert names.a1111_name(s) == name
+    s.set_timesteps(10)
+    assert s.sigmas[0] > s.sigmas[1] > s.sigmas[-2]
+
+
+@pytest.mark.parametrize("name", ["PLMS", "LCM"])
+def test_plms_and_lcm_have_no_karras_schedule(name):
+    with pytest.raises(ValueError, match="no Karras schedule"):
+        names.make_sampler(name, BASE, scheduler="Karras")
+
+
+def test_prk_pndm_has_no_a1111_name():
+    s = names.make_sampler("PNDM", BASE)
+    assert names.a1111_name(s) == "PLMS"
+    prk = type(s).from_config(s.config, skip_prk_steps=False)
+    with pytest.raises(ValueError, match="no A1111 name"):
+        names.a1111_name(prk)

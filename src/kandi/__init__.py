@@ -46,6 +46,11 @@ _EXPORTS = {
     "DDPMScheduler": "kandi.schedulers",
     "DDIMScheduler": "kandi.schedulers",
     "UnCLIPScheduler": "kandi.schedulers",
+    "UniPCMultistepScheduler": "kandi.schedulers",
+    "DEISMultistepScheduler": "kandi.schedulers",
+    "DPMSolverSinglestepScheduler": "kandi.schedulers",
+    "PNDMScheduler": "kandi.schedulers",
+    "LCMScheduler": "kandi.schedulers",
     # models, also under diffusers' names
     "UNet2": "kandi.models.unet2",
     "UNet3": "kandi.models.unet3",

@@ -8,9 +8,13 @@ from .base import FrozenConfig, SchedulerOutput
 from .common import X0Rule, add_noise, clip_x0, dynamic_threshold, predict_eps, predict_x0
 from .ddim import DDIMScheduler, ddim_step
 from .ddpm import DDPMScheduler, ddpm_noise_scale, ddpm_step
+from .deis import DEISMultistepScheduler
 from .dpm import DPMSolverMultistepScheduler
+from .dpm_single import DPMSolverSinglestepScheduler
 from .euler import EulerAncestralDiscreteScheduler, EulerDiscreteScheduler
+from .lcm import LCMScheduler, LCMSchedulerOutput
 from .noise import randn
+from .pndm import PNDMScheduler
 from .schedules import (
     alphas_cumprod,
     cosine_betas,
@@ -23,16 +27,23 @@ from .schedules import (
     timesteps,
 )
 from .unclip import UnCLIPScheduler, unclip_noise_scale, unclip_step
+from .unipc import UniPCMultistepScheduler
 
 __all__ = [
     "DDIMScheduler",
     "DDPMScheduler",
+    "DEISMultistepScheduler",
     "DPMSolverMultistepScheduler",
+    "DPMSolverSinglestepScheduler",
     "EulerAncestralDiscreteScheduler",
     "EulerDiscreteScheduler",
     "FrozenConfig",
+    "LCMScheduler",
+    "LCMSchedulerOutput",
+    "PNDMScheduler",
     "SchedulerOutput",
     "UnCLIPScheduler",
+    "UniPCMultistepScheduler",
     "X0Rule",
     "add_noise",
     "alphas_cumprod",

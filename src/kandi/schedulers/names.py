@@ -13,8 +13,13 @@ from typing import Any
 from .base import SchedulerBase
 from .ddim import DDIMScheduler
 from .ddpm import DDPMScheduler
+from .deis import DEISMultistepScheduler
 from .dpm import DPMSolverMultistepScheduler
+from .dpm_single import DPMSolverSinglestepScheduler
 from .euler import EulerAncestralDiscreteScheduler, EulerDiscreteScheduler
+from .lcm import LCMScheduler
+from .pndm import PNDMScheduler
+from .unipc import UniPCMultistepScheduler
 
 # A1111's separate `scheduler` field; "Automatic" (or none) keeps what the sampler name says.
 SCHEDULE_TYPES = ("Automatic", "Karras")
@@ -60,6 +65,13 @@ SAMPLERS: tuple[Sampler, ...] = (
         {},
         ("EulerAncestralDiscreteScheduler", "k_euler_a", "euler_ancestral"),
     ),
+    # the multistep / solver family: A1111 names where it has one; A1111 has no singlestep DPM-Solver
+    # (its "DPM++ SDE" is a different, Brownian-tree sampler), so that one is named here
+    Sampler("UniPC", UniPCMultistepScheduler, {}, ("UniPCMultistepScheduler", "unipc"), True),
+    Sampler("DEIS", DEISMultistepScheduler, {}, ("DEISMultistepScheduler", "deis"), True),
+    Sampler("DPM++ 2S", DPMSolverSinglestepScheduler, {}, ("DPMSolverSinglestepScheduler", "dpmpp_2s"), True),
+    Sampler("PLMS", PNDMScheduler, {"skip_prk_steps": True}, ("PNDM", "PNDMScheduler", "plms")),
+    Sampler("LCM", LCMScheduler, {}, ("LCMScheduler", "lcm")),
 )
 
 
