@@ -46,13 +46,12 @@ def kandi_class(name: str) -> Any | None:
         "VQModel": MoVQ,
         "PriorTransformer": Prior,
         "MultilingualCLIP": MCLIP,
-        "DDPMScheduler": schedulers.DDPMScheduler,
-        "DDIMScheduler": schedulers.DDIMScheduler,
-        "UnCLIPScheduler": schedulers.UnCLIPScheduler,
         "Kandinsky5Transformer3DModel": K5DiT,
         "AutoencoderKL": AutoencoderKL,
         "FlowMatchEulerDiscreteScheduler": FlowMatchEulerDiscreteScheduler,
     }
+    # every scheduler class kandi has, under its diffusers name (a saved pipeline may hold any of them)
+    table |= {n: getattr(schedulers, n) for n in schedulers.__all__ if n.endswith("Scheduler")}
     return table.get(name)
 
 
@@ -105,7 +104,8 @@ def load_component(
         return _load_transformers(folder, class_name, torch_dtype, variant)
     raise CheckpointError(
         f"component {name!r} of {root} is a {library}.{class_name}, which kandi does not support "
-        "(kandi runs the Kandinsky UNet, MoVQ, prior, DDPM/DDIM/UnCLIP schedulers and CLIP/XLM-R/T5 encoders)"
+        "(kandi runs the Kandinsky UNet, MoVQ, prior, DiT, VAE, the schedulers in kandi.schedulers and "
+        "CLIP/XLM-R/T5/Qwen encoders)"
     )
 
 
