@@ -45,6 +45,10 @@ _EXPORTS = {
     "DDPMScheduler": "kandi.schedulers",
     "DDIMScheduler": "kandi.schedulers",
     "UnCLIPScheduler": "kandi.schedulers",
+    "HeunDiscreteScheduler": "kandi.schedulers",
+    "KDPM2DiscreteScheduler": "kandi.schedulers",
+    "KDPM2AncestralDiscreteScheduler": "kandi.schedulers",
+    "LMSDiscreteScheduler": "kandi.schedulers",
     # models, also under diffusers' names
     "UNet2": "kandi.models.unet2",
     "UNet3": "kandi.models.unet3",

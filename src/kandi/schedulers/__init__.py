@@ -10,6 +10,9 @@ from .ddim import DDIMScheduler, ddim_step
 from .ddpm import DDPMScheduler, ddpm_noise_scale, ddpm_step
 from .dpm import DPMSolverMultistepScheduler
 from .euler import EulerAncestralDiscreteScheduler, EulerDiscreteScheduler
+from .heun import HeunDiscreteScheduler
+from .kdpm2 import KDPM2AncestralDiscreteScheduler, KDPM2DiscreteScheduler
+from .lms import LMSDiscreteScheduler, lms_coefficients
 from .noise import randn
 from .schedules import (
     alphas_cumprod,
@@ -31,6 +34,10 @@ __all__ = [
     "EulerAncestralDiscreteScheduler",
     "EulerDiscreteScheduler",
     "FrozenConfig",
+    "HeunDiscreteScheduler",
+    "KDPM2AncestralDiscreteScheduler",
+    "KDPM2DiscreteScheduler",
+    "LMSDiscreteScheduler",
     "SchedulerOutput",
     "UnCLIPScheduler",
     "X0Rule",
@@ -44,6 +51,7 @@ __all__ = [
     "dynamic_threshold",
     "laplace_betas",
     "linear_betas",
+    "lms_coefficients",
     "make_betas",
     "predict_eps",
     "predict_x0",

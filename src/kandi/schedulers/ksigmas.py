@@ -14,17 +14,10 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .euler import SigmaScheduler, karras_free_timesteps, karras_sigmas, sigma_to_t
+from .euler import SigmaScheduler, exponential_sigmas, karras_free_timesteps, karras_sigmas, sigma_to_t
 from .schedules import _betas_from_alpha_bar, make_betas
 
 SIGMA_BETA_SCHEDULES = ("linear", "scaled_linear", "squaredcos_cap_v2")
-
-
-def exponential_sigmas(sigmas: np.ndarray, steps: int, lo: float | None, hi: float | None) -> np.ndarray:
-    """`steps` sigmas evenly spaced in log sigma from the table's (or the config's) largest to smallest."""
-    lo = float(sigmas[-1]) if lo is None else lo
-    hi = float(sigmas[0]) if hi is None else hi
-    return np.exp(np.linspace(math.log(hi), math.log(lo), steps))
 
 
 def sigma_kind(karras: bool | None, exponential: bool | None, beta: bool | None) -> str:
