@@ -16,6 +16,7 @@ import pytest
 import torch
 
 from kandi.schedulers.dpm import DPMSolverMultistepScheduler
+from kandi.schedulers.dpm_sde import BrownianNoise, BrownianPath, DPMSolverSDEScheduler
 from kandi.schedulers.euler import EulerDiscreteScheduler
 from kandi.schedulers.heun import HeunDiscreteScheduler
 from kandi.schedulers.kdpm2 import KDPM2AncestralDiscreteScheduler, KDPM2DiscreteScheduler
@@ -195,7 +196,13 @@ def test_exponential_sigmas_in_euler_and_dpm(name: str, cls: type, ref_cls: type
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-4)
 
 
-ALL = [HeunDiscreteScheduler, KDPM2DiscreteScheduler, KDPM2AncestralDiscreteScheduler, LMSDiscreteScheduler]
+ALL = [
+    HeunDiscreteScheduler,
+    KDPM2DiscreteScheduler,
+    KDPM2AncestralDiscreteScheduler,
+    LMSDiscreteScheduler,
+    DPMSolverSDEScheduler,
+]
 
 
 @pytest.mark.parametrize("cls", ALL)
@@ -266,3 +273,50 @@ def test_heun_exp_beta_schedule_matches_diffusers():
     )
     exact(ours.betas, ref.betas)
     assert math.isclose(float(ours.init_noise_sigma), float(ref.init_noise_sigma), rel_tol=0)
+
+
+SDE_OPTIONS = [{}, KARRAS, EXPONENTIAL, TRAILING_V, {"timestep_spacing": "leading"}]
+
+
+@pytest.mark.parametrize("extra", SDE_OPTIONS, ids=str)
+def test_dpmpp_sde_matches_diffusers_under_the_same_noise(extra: dict):
+    """Tables exactly; steps exactly once diffusers' torchsde noise is swapped for kandi's Brownian path."""
+    pytest.importorskip("torchsde")  # diffusers' DPMSolverSDEScheduler imports it
+    for name, steps in itertools.product(NAMES, STEPS):
+        ours, ref = pair(DPMSolverSDEScheduler, name, extra | {"noise_sampler_seed": 7}, steps)
+        exact(ours.timesteps, ref.timesteps)
+        exact(ours.sigmas, ref.sigmas)
+        x = torch.randn(1, 4, 4, 4, generator=torch.Generator().manual_seed(0)) * ref.init_noise_sigma
+        positive = ref.sigmas[ref.sigmas > 0]
+        path = BrownianNoise(x, float(positive.min()), float(ref.sigmas.max()), [7], batched=False)
+        ref.noise_sampler = lambda s, s_next, path=path: path(float(s), float(s_next))
+        exact(run(ours, x.clone(), None, ref.timesteps), run(ref, x.clone(), None, ref.timesteps))
+
+
+def test_brownian_path_is_consistent_and_has_brownian_increments():
+    path = BrownianPath(3, 0.0, 4.0, (20000,), torch.float64)
+    w1, w2, w3 = path(1.0), path(2.5), path(0.5)
+    exact(path(1.0), w1)  # a point, once drawn, stays
+    incs = [w3 - path(0.0), w1 - w3, w2 - w1, path(4.0) - w2]
+    for inc, length in zip(incs, [0.5, 0.5, 1.5, 1.5]):
+        assert inc.var().item() == pytest.approx(length, rel=0.05)
+    corr = torch.corrcoef(torch.stack(incs))
+    assert (corr - torch.eye(4)).abs().max() < 0.05  # disjoint increments are independent
+    again = BrownianPath(3, 0.0, 4.0, (20000,), torch.float64)
+    exact(again(1.0), w1)
+    assert not torch.equal(BrownianPath(4, 0.0, 4.0, (20000,), torch.float64)(1.0), w1)
+
+
+def test_dpmpp_sde_noise_follows_the_generator():
+    def sample(seed: int | list[int]) -> torch.Tensor:
+        s = DPMSolverSDEScheduler.from_config(config("k22-decoder.scheduler.json", {}))
+        s.set_timesteps(5)
+        gen = [torch.Generator().manual_seed(k) for k in seed] if isinstance(seed, list) else None
+        gen = gen or torch.Generator().manual_seed(seed)
+        return run(s, torch.ones(2, 4, 4, 4) * s.init_noise_sigma, gen, s.timesteps)[-1]
+
+    exact(sample(1), sample(1))
+    assert not torch.equal(sample(1), sample(2))
+    rows = sample([5, 6])
+    exact(rows[0], sample([5, 9])[0])  # each row's path comes from its own generator
+    assert not torch.equal(rows[0], rows[1])

@@ -49,6 +49,7 @@ _EXPORTS = {
     "KDPM2DiscreteScheduler": "kandi.schedulers",
     "KDPM2AncestralDiscreteScheduler": "kandi.schedulers",
     "LMSDiscreteScheduler": "kandi.schedulers",
+    "DPMSolverSDEScheduler": "kandi.schedulers",
     # models, also under diffusers' names
     "UNet2": "kandi.models.unet2",
     "UNet3": "kandi.models.unet3",

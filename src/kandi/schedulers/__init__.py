@@ -9,6 +9,7 @@ from .common import X0Rule, add_noise, clip_x0, dynamic_threshold, predict_eps, 
 from .ddim import DDIMScheduler, ddim_step
 from .ddpm import DDPMScheduler, ddpm_noise_scale, ddpm_step
 from .dpm import DPMSolverMultistepScheduler
+from .dpm_sde import DPMSolverSDEScheduler
 from .euler import EulerAncestralDiscreteScheduler, EulerDiscreteScheduler
 from .heun import HeunDiscreteScheduler
 from .kdpm2 import KDPM2AncestralDiscreteScheduler, KDPM2DiscreteScheduler
@@ -31,6 +32,7 @@ __all__ = [
     "DDIMScheduler",
     "DDPMScheduler",
     "DPMSolverMultistepScheduler",
+    "DPMSolverSDEScheduler",
     "EulerAncestralDiscreteScheduler",
     "EulerDiscreteScheduler",
     "FrozenConfig",

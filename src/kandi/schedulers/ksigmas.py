@@ -15,7 +15,7 @@ import torch
 from torch import Tensor
 
 from .euler import SigmaScheduler, exponential_sigmas, karras_free_timesteps, karras_sigmas, sigma_to_t
-from .schedules import _betas_from_alpha_bar, make_betas
+from .schedules import _betas_from_alpha_bar, check_num_steps, make_betas
 
 SIGMA_BETA_SCHEDULES = ("linear", "scaled_linear", "squaredcos_cap_v2")
 
@@ -52,11 +52,12 @@ def spaced_sigmas(
 
 
 def sampler_timesteps(cfg: dict, steps: int, dtype: type = np.float32) -> np.ndarray:
-    """The spaced timesteps before any Karras / exponential remapping (`dtype` float for DPM++ SDE)."""
-    ts = karras_free_timesteps(
-        cfg["num_train_timesteps"], steps, cfg["timestep_spacing"], cfg["steps_offset"]
-    )
-    return ts.astype(dtype)
+    """The spaced timesteps before any Karras / exponential remapping; DPM++ SDE spaces them in float64."""
+    num_train, spacing = cfg["num_train_timesteps"], cfg["timestep_spacing"]
+    if dtype is np.float64 and spacing == "linspace":  # the other spacings are whole numbers either way
+        check_num_steps(steps, num_train)
+        return np.linspace(0, num_train - 1, steps, dtype=np.float64)[::-1].copy()
+    return karras_free_timesteps(num_train, steps, spacing, cfg["steps_offset"]).astype(dtype)
 
 
 def _exp_alpha_bar(t: float) -> float:

@@ -14,6 +14,7 @@ from .base import SchedulerBase
 from .ddim import DDIMScheduler
 from .ddpm import DDPMScheduler
 from .dpm import DPMSolverMultistepScheduler
+from .dpm_sde import DPMSolverSDEScheduler
 from .euler import EulerAncestralDiscreteScheduler, EulerDiscreteScheduler
 from .heun import HeunDiscreteScheduler
 from .kdpm2 import KDPM2AncestralDiscreteScheduler, KDPM2DiscreteScheduler
@@ -77,6 +78,11 @@ SAMPLERS: tuple[Sampler, ...] = (
     Sampler("DPM2 a Karras", KDPM2AncestralDiscreteScheduler, {"use_karras_sigmas": True}, ("k_dpm_2_a_ka",)),
     Sampler("LMS", LMSDiscreteScheduler, {}, ("LMSDiscreteScheduler", "k_lms", "lms"), True),
     Sampler("LMS Karras", LMSDiscreteScheduler, {"use_karras_sigmas": True}, ("k_lms_ka",)),
+    # kandi's own seeded Brownian noise, not torchsde's: a seed's image differs from diffusers + torchsde
+    Sampler(
+        "DPM++ SDE", DPMSolverSDEScheduler, {}, ("DPMSolverSDEScheduler", "k_dpmpp_sde", "dpmpp_sde"), True
+    ),
+    Sampler("DPM++ SDE Karras", DPMSolverSDEScheduler, {"use_karras_sigmas": True}, ("k_dpmpp_sde_ka",)),
 )
 
 
