@@ -84,3 +84,40 @@ def test_prk_pndm_has_no_a1111_name():
     prk = type(s).from_config(s.config, skip_prk_steps=False)
     with pytest.raises(ValueError, match="no A1111 name"):
         names.a1111_name(prk)
+
+
+@pytest.mark.parametrize(
+    ("name", "cls"),
+    [
+        ("Heun", "HeunDiscreteScheduler"),
+        ("k_dpm_2", "KDPM2DiscreteScheduler"),
+        ("DPM2 a", "KDPM2AncestralDiscreteScheduler"),
+        ("k_lms", "LMSDiscreteScheduler"),
+    ],
+)
+def test_k_diffusion_names_and_their_schedule_types(name: str, cls: str):
+    s = names.make_sampler(name, BASE)
+    assert type(s).__name__ == cls and names.schedule_type(s) == "Automatic"
+    k = names.make_sampler(name, BASE, scheduler="Karras")
+    assert k.config.use_karras_sigmas and names.schedule_type(k) == "Karras"
+    e = names.make_sampler(name, BASE, scheduler="exponential")
+    assert e.config.use_exponential_sigmas and not e.config.use_karras_sigmas
+    assert names.schedule_type(e) == "Exponential" and names.a1111_name(e) == names.a1111_name(s)
+
+
+def test_karras_named_k_diffusion_samplers():
+    for name in ("DPM2 Karras", "DPM2 a Karras", "LMS Karras"):
+        assert names.make_sampler(name, BASE).config.use_karras_sigmas
+    assert names.a1111_name(names.make_sampler("DPM2", BASE, scheduler="Karras")) == "DPM2 Karras"
+
+
+def test_schedule_type_exponential():
+    for name in ("Euler", "DPM++ 2M", "DPM++ 2M SDE"):
+        s = names.make_sampler(name, BASE, scheduler="Exponential")
+        assert s.config.use_exponential_sigmas and s.config.steps_offset == 1
+        assert names.a1111_name(s) == name
+    assert "Exponential" in names.SCHEDULE_TYPES
+    with pytest.raises(ValueError, match="no Exponential schedule"):
+        names.make_sampler("Euler a", BASE, scheduler="Exponential")
+    with pytest.raises(ValueError, match="already uses Karras"):
+        names.make_sampler("DPM++ 2M Karras", BASE, scheduler="Exponential")

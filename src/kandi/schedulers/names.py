@@ -15,14 +15,18 @@ from .ddim import DDIMScheduler
 from .ddpm import DDPMScheduler
 from .deis import DEISMultistepScheduler
 from .dpm import DPMSolverMultistepScheduler
+from .dpm_sde import DPMSolverSDEScheduler
 from .dpm_single import DPMSolverSinglestepScheduler
 from .euler import EulerAncestralDiscreteScheduler, EulerDiscreteScheduler
+from .heun import HeunDiscreteScheduler
+from .kdpm2 import KDPM2AncestralDiscreteScheduler, KDPM2DiscreteScheduler
 from .lcm import LCMScheduler
+from .lms import LMSDiscreteScheduler
 from .pndm import PNDMScheduler
 from .unipc import UniPCMultistepScheduler
 
 # A1111's separate `scheduler` field; "Automatic" (or none) keeps what the sampler name says.
-SCHEDULE_TYPES = ("Automatic", "Karras")
+SCHEDULE_TYPES = ("Automatic", "Karras", "Exponential")
 
 
 @dataclass(frozen=True)
@@ -72,6 +76,25 @@ SAMPLERS: tuple[Sampler, ...] = (
     Sampler("DPM++ 2S", DPMSolverSinglestepScheduler, {}, ("DPMSolverSinglestepScheduler", "dpmpp_2s"), True),
     Sampler("PLMS", PNDMScheduler, {"skip_prk_steps": True}, ("PNDM", "PNDMScheduler", "plms")),
     Sampler("LCM", LCMScheduler, {}, ("LCMScheduler", "lcm")),
+    # the k-diffusion second-order and multistep samplers (A1111's names and k_* aliases)
+    Sampler("Heun", HeunDiscreteScheduler, {}, ("HeunDiscreteScheduler", "k_heun", "heun"), True),
+    Sampler("DPM2", KDPM2DiscreteScheduler, {}, ("KDPM2DiscreteScheduler", "k_dpm_2", "dpm_2"), True),
+    Sampler("DPM2 Karras", KDPM2DiscreteScheduler, {"use_karras_sigmas": True}, ("k_dpm_2_ka",)),
+    Sampler(
+        "DPM2 a",
+        KDPM2AncestralDiscreteScheduler,
+        {},
+        ("KDPM2AncestralDiscreteScheduler", "k_dpm_2_a", "dpm_2_ancestral"),
+        True,
+    ),
+    Sampler("DPM2 a Karras", KDPM2AncestralDiscreteScheduler, {"use_karras_sigmas": True}, ("k_dpm_2_a_ka",)),
+    Sampler("LMS", LMSDiscreteScheduler, {}, ("LMSDiscreteScheduler", "k_lms", "lms"), True),
+    Sampler("LMS Karras", LMSDiscreteScheduler, {"use_karras_sigmas": True}, ("k_lms_ka",)),
+    # kandi's own seeded Brownian noise, not torchsde's: a seed's image differs from diffusers + torchsde
+    Sampler(
+        "DPM++ SDE", DPMSolverSDEScheduler, {}, ("DPMSolverSDEScheduler", "k_dpmpp_sde", "dpmpp_sde"), True
+    ),
+    Sampler("DPM++ SDE Karras", DPMSolverSDEScheduler, {"use_karras_sigmas": True}, ("k_dpmpp_sde_ka",)),
 )
 
 
@@ -99,7 +122,8 @@ def make_sampler(name: str, base_config: Mapping[str, Any], scheduler: str | Non
     """The scheduler `name` (A1111 or class name, any case) over a pipeline's base scheduler config.
 
     `scheduler` is A1111's schedule type: None or "Automatic" keeps the name's sigmas, "Karras" switches
-    a sampler that has them to Karras sigmas; anything else is a ValueError.
+    a sampler that has them to Karras sigmas, "Exponential" to sigmas evenly spaced in log sigma (for the
+    samplers whose class takes `use_exponential_sigmas`); anything else is a ValueError.
     """
     s = _find(name)
     overrides = dict(s.overrides)
@@ -108,11 +132,32 @@ def make_sampler(name: str, base_config: Mapping[str, Any], scheduler: str | Non
         if not (s.karras or overrides.get("use_karras_sigmas")):
             raise ValueError(f"sampler {s.name!r} has no Karras schedule; use scheduler='Automatic'")
         overrides["use_karras_sigmas"] = True
+    elif kind == "exponential":
+        overrides.update(_exponential(s))
     elif kind != "automatic":
         raise ValueError(
             f"unknown scheduler {scheduler!r}; known schedule types: {', '.join(SCHEDULE_TYPES)}"
         )
     return s.cls.from_config(dict(base_config), **overrides)
+
+
+def _exponential(s: Sampler) -> dict[str, bool]:
+    """The overrides for scheduler="Exponential", or a ValueError naming what the sampler offers."""
+    if "use_exponential_sigmas" not in s.cls._init_defaults():
+        raise ValueError(f"sampler {s.name!r} has no Exponential schedule; use scheduler='Automatic'")
+    if s.overrides.get("use_karras_sigmas"):
+        raise ValueError(
+            f"sampler {s.name!r} already uses Karras sigmas; for Exponential name it without 'Karras'"
+        )
+    return {"use_exponential_sigmas": True}
+
+
+def schedule_type(scheduler: SchedulerBase) -> str:
+    """A1111's schedule type of a scheduler object: "Karras", "Exponential" or "Automatic"."""
+    cfg = scheduler.config
+    if cfg.get("use_karras_sigmas"):
+        return "Karras"
+    return "Exponential" if cfg.get("use_exponential_sigmas") else "Automatic"
 
 
 def sampler_names() -> list[dict[str, Any]]:
