@@ -67,7 +67,7 @@ def test_multistep_names_build_their_classes_over_the_base_config(name, cls_name
 def test_multistep_solvers_take_the_karras_schedule(name):
     s = names.make_sampler(name, BASE, scheduler="Karras")
     assert s.config.use_karras_sigmas
-    assert names.a1111_name(s) == name
+    assert names.a1111_name(s) == name + " Karras"
     s.set_timesteps(10)
     assert s.sigmas[0] > s.sigmas[1] > s.sigmas[-2]
 
@@ -102,7 +102,8 @@ def test_k_diffusion_names_and_their_schedule_types(name: str, cls: str):
     assert k.config.use_karras_sigmas and names.schedule_type(k) == "Karras"
     e = names.make_sampler(name, BASE, scheduler="exponential")
     assert e.config.use_exponential_sigmas and not e.config.use_karras_sigmas
-    assert names.schedule_type(e) == "Exponential" and names.a1111_name(e) == names.a1111_name(s)
+    assert names.schedule_type(e) == "Exponential"
+    assert names.a1111_name(e) == names.a1111_name(s) + " Exponential"
 
 
 def test_karras_named_k_diffusion_samplers():
@@ -115,9 +116,77 @@ def test_schedule_type_exponential():
     for name in ("Euler", "DPM++ 2M", "DPM++ 2M SDE"):
         s = names.make_sampler(name, BASE, scheduler="Exponential")
         assert s.config.use_exponential_sigmas and s.config.steps_offset == 1
-        assert names.a1111_name(s) == name
+        assert names.a1111_name(s) == name + " Exponential"
     assert "Exponential" in names.SCHEDULE_TYPES
     with pytest.raises(ValueError, match="no Exponential schedule"):
         names.make_sampler("Euler a", BASE, scheduler="Exponential")
     with pytest.raises(ValueError, match="already uses Karras"):
         names.make_sampler("DPM++ 2M Karras", BASE, scheduler="Exponential")
+
+
+def test_cli_help_lists_every_sampler_kandi_has():
+    from kandi.cli.common import SAMPLER_HELP
+
+    listed = [n.strip().strip('"') for n in SAMPLER_HELP.split(",")]
+    assert listed == [s.name for s in names.SAMPLERS]
+
+
+@pytest.mark.parametrize(
+    ("name", "scheduler", "expected"),
+    [
+        ("unipc karras", None, "UniPC Karras"),
+        ("UniPC", "Karras", "UniPC Karras"),
+        ("Euler", "Exponential", "Euler Exponential"),
+        ("DPM++ 2M", "Karras", "DPM++ 2M Karras"),
+        ("DPM++ 2M Karras", "Karras", "DPM++ 2M Karras"),
+        ("k_euler_a", None, "Euler a"),
+        ("Heun  Karras", "Automatic", "Heun Karras"),
+    ],
+)
+def test_a_schedule_type_may_be_named_in_the_sampler_name(name, scheduler, expected):
+    assert names.canonical(name, scheduler) == expected
+    built = names.make_sampler(name, BASE, scheduler=scheduler)
+    assert names.a1111_name(built) == expected
+    assert names.canonical(names.a1111_name(built)) == expected  # the PNG's name reads back
+
+
+@pytest.mark.parametrize(
+    ("name", "scheduler", "message"),
+    [
+        ("PLMS Karras", None, "no Karras schedule"),
+        ("UniPC Karras", "Exponential", "names a schedule type"),
+        ("Euler a Exponential", None, "no Exponential schedule"),
+        ("Euler Cosine", None, "unknown sampler"),
+        ("Euler", "Cosine", "unknown scheduler"),
+    ],
+)
+def test_bad_schedule_types_are_clear_errors(name, scheduler, message):
+    with pytest.raises(ValueError, match=message):
+        names.canonical(name, scheduler)
+
+
+@pytest.mark.parametrize(
+    ("name", "schedule", "expected", "noted"),
+    [
+        ("UniPC", "Karras", "UniPC Karras", False),
+        ("DPM++ 2M", "Karras", "DPM++ 2M Karras", False),
+        ("Euler", "Exponential", "Euler Exponential", False),
+        ("Euler a", "Karras", "Euler a", True),  # kandi has no Karras Euler a: said, not failed
+        ("Euler", "Polyexponential", "Euler", True),
+        ("Restart", "Automatic", None, True),  # an extension's sampler: the model's own scheduler
+        ("", None, None, False),
+    ],
+)
+def test_a1111_names_and_schedule_types(name, schedule, expected, noted):
+    got, notes = names.from_a1111(name, schedule)
+    assert got == expected and bool(notes) == noted
+
+
+def test_an_a1111_png_replays_its_sampler_and_schedule_type():
+    from kandi.engine.replay import from_parameters
+
+    text = "a fox\nSteps: 20, Sampler: DPM++ 2M, Schedule type: Karras, CFG scale: 4, Seed: 7, Size: 64x64"
+    got = from_parameters(text)
+    assert got["options"]["scheduler"] == "DPM++ 2M Karras" and not got["notes"]
+    got = from_parameters(text.replace("DPM++ 2M", "Restart"))
+    assert "scheduler" not in got["options"] and "'Restart' is not in kandi" in got["notes"][0]

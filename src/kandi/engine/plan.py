@@ -198,9 +198,9 @@ def _check_sampler_family(name: str | None, fam: str | None, label: str) -> None
     before any model loads (only Euler is correct for a flow model)."""
     if name is None or fam not in ("k31", "k5", "k5i2i"):
         return
-    from ..schedulers.names import _find
+    from ..schedulers.names import canonical
 
-    if fam in ("k5", "k5i2i") and _find(name).name == "Euler":
+    if fam in ("k5", "k5i2i") and canonical(name) == "Euler":
         return
     which = (
         "its own samplers (the original DDIM, or Flash's fixed steps)"
@@ -252,10 +252,10 @@ def _options(
         raise UsageError(f"{_say(req, 'prompt')} is needed{_say(req, 'from-png')}", "prompt")
     opts = GenerationOptions.from_dict(d)
     if opts.scheduler is not None:
-        from ..schedulers.names import _find
+        from ..schedulers.names import canonical
 
         try:
-            _find(opts.scheduler)
+            canonical(opts.scheduler)
         except ValueError as e:
             raise UsageError(f"{req.names.get('scheduler', 'scheduler')}: {e}", "scheduler") from None
     if opts.seed in (None, -1):
