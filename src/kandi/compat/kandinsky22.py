@@ -30,8 +30,15 @@ def run_with_callbacks(
     inputs: list[str],
     legacy: Callable | None = None,
     legacy_steps: int = 1,
+    legacy_per_order: bool = False,
 ) -> None:
-    """Drive a denoising loop with a progress bar and diffusers-style step callbacks."""
+    """Drive a denoising loop with a progress bar and diffusers-style step callbacks.
+
+    The legacy `callback(step, t, latents)` gets diffusers' step number `i // scheduler.order` (a
+    2nd-order sampler has two timesteps per step); with `legacy_per_order` it runs only where diffusers'
+    Kandinsky 3 loop updates its bar: every `order`-th timestep and the last.
+    """
+    order = getattr(getattr(pipe, "scheduler", None), "order", 1) or 1
     with pipe.progress_bar(total=total) as bar:
         for s in loop:
             if on_step_end is not None:
@@ -39,8 +46,9 @@ def run_with_callbacks(
                 for k, v in out.items():
                     if hasattr(s, k) and k not in ("i", "t", "num_steps"):
                         setattr(s, k, v)
-            if legacy is not None and s.i % legacy_steps == 0:
-                legacy(s.i, s.t, s.latents)
+            due = not legacy_per_order or s.i == total - 1 or (s.i + 1) % order == 0
+            if legacy is not None and due and s.i % legacy_steps == 0:
+                legacy(s.i // order, s.t, s.latents)
             bar.update()
 
 
@@ -224,6 +232,7 @@ def drive(
     inputs: list[str] | tuple[str, ...] = (),
     legacy: Callable | None = None,
     legacy_steps: int = 1,
+    legacy_per_order: bool = False,
 ) -> Any:
     """Run a core loop to the end with progress and callbacks; what the loop returns (final latents)."""
     result = None
@@ -232,7 +241,9 @@ def drive(
         nonlocal result
         result = yield from loop
 
-    run_with_callbacks(pipe, run(), total, on_step_end, list(inputs or []), legacy, legacy_steps)
+    run_with_callbacks(
+        pipe, run(), total, on_step_end, list(inputs or []), legacy, legacy_steps, legacy_per_order
+    )
     return result
 
 

@@ -156,7 +156,7 @@ class Kandinsky3Pipeline(_Guided, DiffusionPipeline):
              inputs, legacy, legacy_steps) -> torch.Tensor:  # fmt: skip
         self._num_timesteps = len(ts)
         loop = k3.denoise_loop(self.unet, self.scheduler, ts, text, x, scale, generator, self._placement)
-        out = drive(self, loop, len(ts), on_step_end, inputs, legacy, legacy_steps)
+        out = drive(self, loop, len(ts), on_step_end, inputs, legacy, legacy_steps, legacy_per_order=True)
         return x if out is None else out
 
     def _output(self, latents: torch.Tensor, output_type: str, return_dict: bool, raw_pt: bool = True):

@@ -174,13 +174,7 @@ class Kandinsky5T2IPipeline(DiffusionPipeline):
             self.transformer, self.scheduler, x, cond, uncond, guidance_scale, num_inference_steps
         ):
             if callback_on_step_end is not None:
-                named = {"latents": step.latents, "prompt_embeds_qwen": cond.qwen, "prompt_embeds_clip": cond.clip,
-                         "negative_prompt_embeds_qwen": None if uncond is None else uncond.qwen,
-                         "negative_prompt_embeds_clip": None if uncond is None else uncond.clip}  # fmt: skip
-                out = (
-                    callback_on_step_end(self, step.index, step.timestep, {k: named[k] for k in inputs}) or {}
-                )
-                step.latents = out.get("latents", step.latents)
+                _step_callback(self, callback_on_step_end, step, inputs)
             x = step.latents
             bar.update()
         bar.close()
@@ -199,3 +193,21 @@ class Kandinsky5T2IPipeline(DiffusionPipeline):
     @property
     def num_timesteps(self) -> int:
         return self._num_timesteps
+
+
+def _step_callback(pipe: Any, callback: Any, step: k5.K5Step, inputs: Any) -> None:
+    """diffusers' callback_on_step_end: it sees the named tensors and may replace any of them for the next
+    step (the prompt embeddings too; a negative set to None turns guidance off, as in diffusers)."""
+    cond, uncond = step.cond, step.uncond
+    named = {"latents": step.latents, "prompt_embeds_qwen": cond.qwen, "prompt_embeds_clip": cond.clip,
+             "negative_prompt_embeds_qwen": None if uncond is None else uncond.qwen,
+             "negative_prompt_embeds_clip": None if uncond is None else uncond.clip}  # fmt: skip
+    out = callback(pipe, step.index, step.timestep, {k: named[k] for k in inputs}) or {}
+    step.latents = out.get("latents", step.latents)
+    # token counts (the text RoPE positions) stay the prompt's: diffusers computes them once, too
+    step.cond = k5.K5Text(out.get("prompt_embeds_qwen", cond.qwen), out.get("prompt_embeds_clip", cond.clip),
+                          cond.lengths)  # fmt: skip
+    if uncond is not None:
+        qwen = out.get("negative_prompt_embeds_qwen", uncond.qwen)
+        clip = out.get("negative_prompt_embeds_clip", uncond.clip)
+        step.uncond = None if qwen is None else k5.K5Text(qwen, clip, uncond.lengths)

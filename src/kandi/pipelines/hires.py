@@ -23,8 +23,8 @@ from .k22 import (
     decoder_job,
     decoder_loop,
     encode_decoder_text,
+    img2img_start,
     initial_latents,
-    k21_noised_latents,
     noised_latents,
     schedule,
     steps_run,
@@ -156,11 +156,7 @@ def _k22_one(m: Any, opts: Any, hires: HiresOptions, g: torch.Generator, k: int,
         if not len(ts):
             x = x0
         else:
-            if m.k21:
-                sigma, nt = scheduler.init_noise_sigma, scheduler.config.num_train_timesteps
-                start = k21_noised_latents(x0, hires.strength, nt, sigma, g)
-            else:
-                start = noised_latents(scheduler, x0, ts, g)[0]
+            start = img2img_start(scheduler, x0, ts, hires.strength, g, m.k21)
             loop = decoder_loop(m.unet, scheduler, ts, emb, neg, start, opts.guidance_scale, g, m.placement,
                                 text=inputs.get("text"))  # fmt: skip
             x = yield from _progress(loop, "hires", k, n)

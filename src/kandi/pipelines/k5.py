@@ -162,6 +162,8 @@ class K5Step:
     index: int
     timestep: torch.Tensor
     latents: torch.Tensor
+    cond: K5Text | None = None  # what the next step reads: a step callback may replace any of the three
+    uncond: K5Text | None = None
 
 
 def denoise(
@@ -174,7 +176,8 @@ def denoise(
     steps: int,
     image_cond: torch.Tensor | None = None,
 ) -> Iterator[K5Step]:
-    """Euler steps over the scheduler's sigmas; yields after each step (the caller may replace latents).
+    """Euler steps over the scheduler's sigmas; yields after each step (the caller may replace the
+    latents and the conditioning, as diffusers' step callbacks may; `uncond` None turns guidance off).
 
     `image_cond` (B, 1, h, w, 17) for editing: the encoded source image and a ones mask, appended to
     the DiT input channels at every step.
@@ -189,9 +192,9 @@ def denoise(
             vu = velocity(dit, x, uncond, tt, dtype)
             v = vu + guidance_scale * (v - vu)
         latents = scheduler.step(v, t, latents, return_dict=False)[0]
-        step = K5Step(i, t, latents)
+        step = K5Step(i, t, latents, cond, uncond)
         yield step
-        latents = step.latents
+        latents, cond, uncond = step.latents, step.cond, step.uncond
 
 
 def decode(vae: Any, latents: torch.Tensor) -> torch.Tensor:
