@@ -22,6 +22,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from compare import gen
+from diffusers.pipelines.kandinsky import pipeline_kandinsky_inpaint as d21_inpaint
 from diffusers.pipelines.kandinsky2_2 import pipeline_kandinsky2_2_inpainting as d_inpaint
 
 import kandi
@@ -49,14 +50,18 @@ def diffusers_sampler(name: str, config) -> object:
     return getattr(diffusers, s.cls.__name__).from_config(dict(config), **s.overrides)
 
 
-def diffusers_is_right(sched) -> bool:
-    """diffusers' Kandinsky loops never call scale_model_input, pass generator= to every step and start
-    img2img at t_start (not t_start * order): right only for samplers where none of that matters."""
+def diffusers_is_right(sched, strength: float = 1.0) -> bool:
+    """diffusers' Kandinsky loops never call scale_model_input, pass generator= to every step, start
+    img2img at t_start (not t_start * order) and set no begin index (so a schedule that repeats its first
+    timestep, as Karras sigmas of few steps on Kandinsky 3's cosine betas do, starts at its second entry):
+    right only for samplers where none of that matters."""
     sched.set_timesteps(STEPS)
-    x = torch.ones(1, 1, 2, 2)
-    scaled = sched.scale_model_input(x, sched.timesteps[0])
+    ts, x = sched.timesteps, torch.ones(1, 1, 2, 2)
+    scaled = sched.scale_model_input(x, ts[0])
     takes_generator = "generator" in inspect.signature(sched.step).parameters
-    return torch.equal(scaled, x) and takes_generator and getattr(sched, "order", 1) == 1
+    first = ts[STEPS - min(int(STEPS * strength), STEPS)]
+    unique_start = int((ts == first).sum()) == 1
+    return torch.equal(scaled, x) and takes_generator and getattr(sched, "order", 1) == 1 and unique_start
 
 
 # ------------------------------------------------------------------------------------ correct loop
@@ -65,8 +70,8 @@ def diffusers_is_right(sched) -> bool:
 def timesteps(sched, strength: float = 1.0) -> torch.Tensor:
     """SD's get_timesteps: the last int(steps * strength) steps, `order` entries each, begin index set."""
     sched.set_timesteps(STEPS)
-    if strength == 1.0:
-        return sched.timesteps  # text to image: as diffusers' SD pipelines, no begin index
+    # from the start of the schedule (a Karras schedule of few steps may repeat its first timestep, and
+    # a lookup by value would then start at the second entry)
     start = (STEPS - min(int(STEPS * strength), STEPS)) * sched.order
     if hasattr(sched, "set_begin_index"):  # the samplers that index their sigmas by step
         sched.set_begin_index(start)
@@ -121,11 +126,13 @@ def img2img_start(d, sched, ts, pil, size: int, generator, k21: bool = False) ->
     return sched.add_noise(x0, noise, ts[:1])
 
 
-def inpaint_reference(d, sched, predict, pil, mask, size: int, generator, reinject: bool = True):
-    """SD's inpainting loop on Kandinsky's 9-channel UNet: unit noise re-noises the known region."""
-    mask_t, image_t = d_inpaint.prepare_mask_and_masked_image(pil, mask, size, size)
+def inpaint_reference(d, sched, predict, pil, mask, size: int, generator, k21: bool = False):
+    """SD's inpainting loop on Kandinsky's 9-channel UNet: unit noise re-noises the known region (2.2;
+    the 2.1 loop never puts the known region back, in the original repo and in diffusers)."""
+    module, reinject = (d21_inpaint, False) if k21 else (d_inpaint, True)
+    mask_t, image_t = module.prepare_mask_and_masked_image(pil, mask, size, size)
     known = d.movq.encode(image_t)["latents"]
-    keep = d_inpaint.prepare_mask(F.interpolate(mask_t, known.shape[-2:], mode="nearest"))
+    keep = module.prepare_mask(F.interpolate(mask_t, known.shape[-2:], mode="nearest"))
     ts = timesteps(sched)
     noise = torch.randn(known.shape, generator=generator)
 
@@ -276,4 +283,123 @@ def test_k22_pipeline_runs_the_sampler_correctly(k22, kind, name):
     ours = run(k, kw, has_latent)
     ref = k22_reference(d, diffusers_sampler(name, base), kind, kw)
     torch.testing.assert_close(ours, ref, **TOL)
-    check_diffusers(d, kw, has_latent, ours, diffusers_is_right(diffusers_sampler(name, base)))
+    check_diffusers(
+        d, kw, has_latent, ours, diffusers_is_right(diffusers_sampler(name, base), kw.get("strength", 1.0))
+    )
+
+
+# ---------------------------------------------------------------------------------------- 2.1
+
+PROMPT = "a red fox"
+K21_SIZE = 64
+
+
+def k21_call(kind: str, emb, neg) -> dict:
+    kw = dict(prompt=PROMPT, image_embeds=emb, negative_image_embeds=neg, height=K21_SIZE, width=K21_SIZE,
+              num_inference_steps=STEPS, guidance_scale=GUIDANCE)  # fmt: skip
+    if kind == "img2img":
+        kw |= {"image": picture(0, K21_SIZE), "strength": STRENGTH}
+    if kind == "inpaint":
+        kw |= {"image": picture(0, K21_SIZE), "mask_image": square_mask(K21_SIZE)}
+    return kw
+
+
+def k21_reference(d, sched, kind: str, kw: dict) -> torch.Tensor:
+    g = gen(1)
+    predict = k21_predict(d, kw["image_embeds"], kw["negative_image_embeds"], PROMPT)
+    if kind == "inpaint":
+        return inpaint_reference(d, sched, predict, kw["image"], kw["mask_image"], K21_SIZE, g, k21=True)
+    if kind == "img2img":
+        ts = timesteps(sched, STRENGTH)
+        x = img2img_start(d, sched, ts, kw["image"], K21_SIZE, g, k21=True)
+    else:
+        ts = timesteps(sched)
+        sf = 2 ** (len(d.movq.config.block_out_channels) - 1)
+        h, w = d_inpaint.downscale_height_and_width(K21_SIZE, K21_SIZE, sf)
+        x = torch.randn(1, 4, h, w, generator=g) * sched.init_noise_sigma
+    return correct_loop(d.unet, sched, ts, x, predict, g)
+
+
+@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("kind", ["t2i", "img2img", "inpaint"])
+def test_k21_pipeline_runs_the_sampler_correctly(k21, kind, name):
+    d, k = pair(k21, kind, name)
+    kw = k21_call(kind, *k21["emb"])
+    ours = run(k, kw, has_latent=False)
+    ref = k21_reference(d, diffusers_sampler(name, k21["base"][kind]), kind, kw)
+    torch.testing.assert_close(ours, ref, **TOL)
+
+
+@pytest.fixture(scope="module")
+def k21_learned(k21_repos) -> dict:
+    """The 2.1 decoder repo's ddpm_scheduler/ config (variance_type learned_range, thresholding)."""
+    return dict(
+        diffusers.DDPMScheduler.from_pretrained(k21_repos["decoder"], subfolder="ddpm_scheduler").config
+    )
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_k21_samplers_built_over_the_learned_range_config(k21, k21_learned, name):
+    """Every sampler but DDPM gets the eps half alone, also DPM-Solver (whose config keeps learned_range)."""
+    d, k = k21["diffusers"]["t2i"], k21["kandi"]["t2i"]
+    k.scheduler = make_sampler(name, k21_learned)
+    kw = k21_call("t2i", *k21["emb"])
+    ours = run(k, kw, has_latent=False)
+    # the correct loop's sampler reads the eps half; diffusers' DPM-Solver would cut a learned_range
+    # output to 3 channels (an RGB pixel model's), so it is built without that key
+    sched = diffusers_sampler(name, k21_learned)
+    if not isinstance(sched, diffusers.DDPMScheduler):
+        sched = diffusers_sampler(name, {**k21_learned, "variance_type": None})
+    ref = k21_reference(d, sched, "t2i", kw)
+    torch.testing.assert_close(ours, ref, **TOL)
+
+
+def test_diffusers_dpm_solver_over_the_learned_range_config_fails(k21, k21_learned):
+    # diffusers leaves the 8 channels on (the config says learned_range) and DPM-Solver keeps 3 of them
+    d = k21["diffusers"]["t2i"]
+    d.scheduler = diffusers_sampler("DPM++ 2M", k21_learned)
+    with pytest.raises(RuntimeError):
+        run(d, k21_call("t2i", *k21["emb"]), has_latent=False)
+
+
+# ------------------------------------------------------------------------------------------ 3
+
+K3_SIZE = 64
+
+
+def k3_call(kind: str) -> dict:
+    kw = dict(prompt=PROMPT, num_inference_steps=STEPS, guidance_scale=GUIDANCE)
+    if kind == "img2img":
+        return kw | {"image": picture(0, K3_SIZE), "strength": STRENGTH}
+    return kw | {"height": K3_SIZE, "width": K3_SIZE}
+
+
+def k3_reference(d, sched, kind: str, kw: dict) -> torch.Tensor:
+    g = gen(1)
+    pe, npe, am, nam = d.encode_prompt(PROMPT, True, 1, torch.device("cpu"), None, _cut_context=True)
+    embeds, mask = torch.cat([npe, pe]), torch.cat([nam, am]).bool()
+
+    def predict(x, t):
+        return d.unet(x, t, encoder_hidden_states=embeds, encoder_attention_mask=mask, return_dict=False)[0]
+
+    if kind == "img2img":
+        ts = timesteps(sched, STRENGTH)
+        # repeated per image as diffusers does (a copy: the UNet then runs diffusers' kernels, bit for bit)
+        x0 = d.movq.encode(d.image_processor.preprocess(kw["image"]))["latents"].repeat_interleave(1, dim=0)
+        x = sched.add_noise(x0, torch.randn(x0.shape, generator=g), ts[:1])
+    else:
+        ts = timesteps(sched)
+        x = torch.randn(1, 4, K3_SIZE // 8, K3_SIZE // 8, generator=g) * sched.init_noise_sigma
+    return correct_loop(d.unet, sched, ts, x, predict, g, k3=True)
+
+
+@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("kind", ["t2i", "img2img"])
+def test_k3_pipeline_runs_the_sampler_correctly(k3, kind, name):
+    d, k = pair(k3, kind, name)
+    kw = k3_call(kind)
+    ours = run(k, kw, has_latent=True)
+    ref = k3_reference(d, diffusers_sampler(name, k3["base"][kind]), kind, kw)
+    torch.testing.assert_close(ours, ref, **TOL)
+    right = diffusers_is_right(diffusers_sampler(name, k3["base"][kind]), kw.get("strength", 1.0))
+    check_diffusers(d, kw, True, ours, right)

@@ -147,10 +147,12 @@ class KandinskyV22PriorPipeline(_Guided, DiffusionPipeline):
         self._guidance_scale = g
         self._placement.use(self.text_encoder)
         cond = k22.encode_prior_text(self.tokenizer, self.text_encoder, texts, uncond, n, g > 1, device)
+        ts = k22.schedule(
+            self.scheduler, steps, device
+        )  # before init_noise_sigma: set_timesteps may change it
         x = k22.initial_latents(
             shape, generator, device, cond.prompt_embeds.dtype, latents, self.scheduler.init_noise_sigma
         )
-        ts = k22.schedule(self.scheduler, steps, device)
         loop = k22.prior_loop(self.prior, self.scheduler, ts, cond, x, g, generator, self._placement)
         embeds = drive(self, loop, len(ts), callback_on_step_end, inputs)
         self._num_timesteps = len(ts)

@@ -205,10 +205,12 @@ class Kandinsky3Pipeline(_Guided, DiffusionPipeline):
         self._guidance_scale = guidance_scale
         text = self._text(prompt, negative_prompt, prompt_embeds, negative_prompt_embeds, attention_mask,
                           negative_attention_mask, n, guidance_scale > 1, device)  # fmt: skip
+        ts = k22.schedule(
+            self.scheduler, num_inference_steps, device
+        )  # first: set_timesteps sets Euler's sigma
         x = k22.initial_latents(
             shape, generator, device, self.unet.dtype, latents, self.scheduler.init_noise_sigma
         )
-        ts = k22.schedule(self.scheduler, num_inference_steps, device)
         x = self._run(text, x, ts, guidance_scale, generator, callback_on_step_end, callback_on_step_end_tensor_inputs,
                       callback, callback_steps)  # fmt: skip
         return self._output(x, output_type, return_dict)

@@ -173,9 +173,9 @@ def _k22_one(m: Any, opts: Any, hires: HiresOptions, g: torch.Generator, k: int,
 
 def _k3_one(m: Any, opts: Any, hires: HiresOptions, g: torch.Generator, k: int, n: int):
     text, scheduler = k3_tasks._text(m, opts), _decoder_scheduler(m.scheduler, opts.scheduler)
+    ts = schedule(scheduler, opts.steps, m.device)  # before init_noise_sigma: set_timesteps changes it
     x = initial_latents(k3.latent_shape(1, opts.height, opts.width), g, m.device, m.unet.dtype, None,
                         scheduler.init_noise_sigma)  # fmt: skip
-    ts = schedule(scheduler, opts.steps, m.device)
     x = yield from _progress(k3.denoise_loop(m.unet, scheduler, ts, text, x, opts.guidance_scale, g, m.placement),
                              "decoder", k, n)  # fmt: skip
     sf = 2 ** (len(m.movq.config.block_out_channels) - 1)
