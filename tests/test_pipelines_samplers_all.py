@@ -29,6 +29,7 @@ import kandi
 from kandi.schedulers.names import SAMPLERS, make_sampler
 
 NAMES = [s.name for s in SAMPLERS]
+PROMPT = "a red fox"
 STEPS, STRENGTH, GUIDANCE = 4, 0.5, 4.0
 TOL = dict(rtol=1e-4, atol=1e-4)
 
@@ -244,8 +245,8 @@ def run(pipe, kw: dict, has_latent: bool, seed: int = 1) -> torch.Tensor:
     return last_latents(pipe, **kw, generator=gen(seed))
 
 
-def k22_reference(d, sched, kind: str, kw: dict) -> torch.Tensor:
-    g, size = gen(1), k22_size(kind)
+def k22_reference(d, sched, kind: str, kw: dict, g: torch.Generator | None = None) -> torch.Tensor:
+    g, size = g or gen(1), k22_size(kind)
     predict = k22_predict(d.unet, kw["image_embeds"], kw["negative_image_embeds"], kw.get("hint"))
     if kind == "inpaint":
         return inpaint_reference(d, sched, predict, kw["image"], kw["mask_image"], size, g)
@@ -288,9 +289,46 @@ def test_k22_pipeline_runs_the_sampler_correctly(k22, kind, name):
     )
 
 
+AUTO = {
+    "t2i": (kandi.AutoPipelineForText2Image, "kandinsky-community/kandinsky-2-2-decoder"),
+    "img2img": (kandi.AutoPipelineForImage2Image, "kandinsky-community/kandinsky-2-2-decoder"),
+    "inpaint": (kandi.AutoPipelineForInpainting, "kandinsky-community/kandinsky-2-2-decoder-inpaint"),
+}
+
+
+@pytest.fixture(scope="module")
+def k22_prior(k22_repos):
+    prior = diffusers.KandinskyV22PriorPipeline.from_pretrained(k22_repos["prior"])
+    prior.set_progress_bar_config(disable=True)
+    return prior
+
+
+@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("task", list(AUTO))
+def test_k22_auto_and_combined_pipelines_run_the_sampler_correctly(offline_hub, k22, k22_prior, task, name):
+    """The Auto pipelines give the combined ones; a sampler set on them reaches the decoder, which
+    continues the prior's generator (the reference: diffusers' prior, then the correct loop)."""
+    cls, repo = AUTO[task]
+    pipe = cls.from_pretrained(repo)
+    pipe.set_progress_bar_config(disable=True)
+    assert "Combined" in type(pipe).__name__
+    pipe.scheduler = make_sampler(name, pipe.scheduler.config)
+    kind = task
+    kw, _ = k22_call(kind, None, None)
+    kw = {k: v for k, v in kw.items() if k not in ("image_embeds", "negative_image_embeds")}
+    ours = pipe(
+        prompt=PROMPT, prior_num_inference_steps=2, generator=gen(1), output_type="latent", **kw
+    ).images
+    g = gen(1)
+    emb, neg = k22_prior(PROMPT, num_inference_steps=2, generator=g, return_dict=False)
+    d = k22["diffusers"][kind]
+    ref = k22_reference(d, diffusers_sampler(name, k22["base"][kind]), kind,
+                        {**kw, "image_embeds": emb, "negative_image_embeds": neg}, g)  # fmt: skip
+    torch.testing.assert_close(ours, ref, **TOL)
+
+
 # ---------------------------------------------------------------------------------------- 2.1
 
-PROMPT = "a red fox"
 K21_SIZE = 64
 
 
