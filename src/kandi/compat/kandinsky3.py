@@ -156,7 +156,7 @@ class Kandinsky3Pipeline(_Guided, DiffusionPipeline):
              inputs, legacy, legacy_steps) -> torch.Tensor:  # fmt: skip
         self._num_timesteps = len(ts)
         loop = k3.denoise_loop(self.unet, self.scheduler, ts, text, x, scale, generator, self._placement)
-        out = drive(self, loop, len(ts), on_step_end, inputs, legacy, legacy_steps)
+        out = drive(self, loop, len(ts), on_step_end, inputs, legacy, legacy_steps, legacy_per_order=True)
         return x if out is None else out
 
     def _output(self, latents: torch.Tensor, output_type: str, return_dict: bool, raw_pt: bool = True):
@@ -205,10 +205,12 @@ class Kandinsky3Pipeline(_Guided, DiffusionPipeline):
         self._guidance_scale = guidance_scale
         text = self._text(prompt, negative_prompt, prompt_embeds, negative_prompt_embeds, attention_mask,
                           negative_attention_mask, n, guidance_scale > 1, device)  # fmt: skip
+        ts = k22.schedule(
+            self.scheduler, num_inference_steps, device
+        )  # first: set_timesteps sets Euler's sigma
         x = k22.initial_latents(
             shape, generator, device, self.unet.dtype, latents, self.scheduler.init_noise_sigma
         )
-        ts = k22.schedule(self.scheduler, num_inference_steps, device)
         x = self._run(text, x, ts, guidance_scale, generator, callback_on_step_end, callback_on_step_end_tensor_inputs,
                       callback, callback_steps)  # fmt: skip
         return self._output(x, output_type, return_dict)

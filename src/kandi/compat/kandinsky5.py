@@ -185,13 +185,7 @@ class Kandinsky5T2IPipeline(DiffusionPipeline):
             self.transformer, self.scheduler, x, cond, uncond, guidance_scale, num_inference_steps
         ):
             if callback_on_step_end is not None:
-                named = {"latents": step.latents, "prompt_embeds_qwen": cond.qwen, "prompt_embeds_clip": cond.clip,
-                         "negative_prompt_embeds_qwen": None if uncond is None else uncond.qwen,
-                         "negative_prompt_embeds_clip": None if uncond is None else uncond.clip}  # fmt: skip
-                out = (
-                    callback_on_step_end(self, step.index, step.timestep, {k: named[k] for k in inputs}) or {}
-                )
-                step.latents = out.get("latents", step.latents)
+                _step_callback(self, callback_on_step_end, step, inputs)
             x = step.latents
             bar.update()
         bar.close()
@@ -210,6 +204,24 @@ class Kandinsky5T2IPipeline(DiffusionPipeline):
     @property
     def num_timesteps(self) -> int:
         return self._num_timesteps
+
+
+def _step_callback(pipe: Any, callback: Any, step: k5.K5Step, inputs: Any) -> None:
+    """diffusers' callback_on_step_end: it sees the named tensors and may replace any of them for the next
+    step (the prompt embeddings too; a negative set to None turns guidance off, as in diffusers)."""
+    cond, uncond = step.cond, step.uncond
+    named = {"latents": step.latents, "prompt_embeds_qwen": cond.qwen, "prompt_embeds_clip": cond.clip,
+             "negative_prompt_embeds_qwen": None if uncond is None else uncond.qwen,
+             "negative_prompt_embeds_clip": None if uncond is None else uncond.clip}  # fmt: skip
+    out = callback(pipe, step.index, step.timestep, {k: named[k] for k in inputs}) or {}
+    step.latents = out.get("latents", step.latents)
+    # token counts (the text RoPE positions) stay the prompt's: diffusers computes them once, too
+    step.cond = k5.K5Text(out.get("prompt_embeds_qwen", cond.qwen), out.get("prompt_embeds_clip", cond.clip),
+                          cond.lengths)  # fmt: skip
+    if uncond is not None:
+        qwen = out.get("negative_prompt_embeds_qwen", uncond.qwen)
+        clip = out.get("negative_prompt_embeds_clip", uncond.clip)
+        step.uncond = None if qwen is None else k5.K5Text(qwen, clip, uncond.lengths)
 
 
 def _tensor_to_pil(x: torch.Tensor) -> list[PIL.Image.Image]:
@@ -394,7 +406,7 @@ class Kandinsky5I2IPipeline(Kandinsky5T2IPipeline):
         for step in k5.denoise(self.transformer, self.scheduler, x, cond, uncond, guidance_scale,
                                num_inference_steps, image_cond=visual):  # fmt: skip
             if callback_on_step_end is not None:
-                self._callback(callback_on_step_end, step, inputs, cond, uncond)
+                self._callback(callback_on_step_end, step, inputs)
             x = step.latents
             bar.update()
         bar.close()
@@ -406,19 +418,16 @@ class Kandinsky5I2IPipeline(Kandinsky5T2IPipeline):
         self.maybe_free_model_hooks()
         return KandinskyImagePipelineOutput(image=out) if return_dict else (out,)
 
-    def _callback(self, callback: Any, step: k5.K5Step, inputs: Any, cond: k5.K5Text, uncond: Any) -> None:
+    def _callback(self, callback: Any, step: k5.K5Step, inputs: Any) -> None:
         """diffusers' callback sees the whole DiT input (noise and condition, 33 channels) as `latents`."""
-        full = torch.cat([step.latents, step.cond], -1)
-        named = {"latents": full, "prompt_embeds_qwen": cond.qwen, "prompt_embeds_clip": cond.clip,
-                 "negative_prompt_embeds_qwen": None if uncond is None else uncond.qwen,
-                 "negative_prompt_embeds_clip": None if uncond is None else uncond.clip}  # fmt: skip
-        out = callback(self, step.index, step.timestep, {k: named[k] for k in inputs}) or {}
-        new = out.get("latents")
-        if new is None:
+        c, full = step.latents.shape[-1], torch.cat([step.latents, step.image], -1)
+        seen = k5.K5Step(step.index, step.timestep, full, step.cond, step.uncond)
+        _step_callback(self, callback, seen, inputs)
+        step.cond, step.uncond, new = seen.cond, seen.uncond, seen.latents
+        if new is full:
             return
-        c = step.latents.shape[-1]
         if new.shape[-1] == full.shape[-1]:
-            step.latents, step.cond = new[..., :c], new[..., c:]
+            step.latents, step.image = new[..., :c], new[..., c:]
         elif new.shape[-1] == c:
             step.latents = new
         else:

@@ -173,12 +173,15 @@ def velocity(dit: Any, x: torch.Tensor, text: K5Text, t: torch.Tensor, dtype: to
 
 @dataclass
 class K5Step:
-    """One finished step; the caller may replace `latents` (and, editing, the image condition `cond`)."""
+    """One finished step; the caller may replace the latents, the text conditioning and (editing) the
+    image condition for the steps that follow."""
 
     index: int
     timestep: torch.Tensor
     latents: torch.Tensor
-    cond: torch.Tensor | None = None
+    cond: K5Text | None = None  # what the next step reads: a step callback may replace any of these
+    uncond: K5Text | None = None
+    image: torch.Tensor | None = None  # editing: the visual condition (source latents and mask)
 
 
 def denoise(
@@ -191,7 +194,8 @@ def denoise(
     steps: int,
     image_cond: torch.Tensor | None = None,
 ) -> Iterator[K5Step]:
-    """Euler steps over the scheduler's sigmas; yields after each step (the caller may replace latents).
+    """Euler steps over the scheduler's sigmas; yields after each step (the caller may replace the
+    latents and the conditioning, as diffusers' step callbacks may; `uncond` None turns guidance off).
 
     `image_cond` (B, 1, h, w, 17) for editing: the encoded source image and a ones mask, appended to
     the DiT input channels at every step.
@@ -206,9 +210,9 @@ def denoise(
             vu = velocity(dit, x, uncond, tt, dtype)
             v = vu + guidance_scale * (v - vu)
         latents = scheduler.step(v, t, latents, return_dict=False)[0]
-        step = K5Step(i, t, latents, image_cond)
+        step = K5Step(i, t, latents, cond, uncond, image_cond)
         yield step
-        latents, image_cond = step.latents, step.cond
+        latents, cond, uncond, image_cond = step.latents, step.cond, step.uncond, step.image
 
 
 def decode(vae: Any, latents: torch.Tensor) -> torch.Tensor:
