@@ -48,6 +48,10 @@ def square_mask(size: int) -> PIL.Image.Image:
 def diffusers_sampler(name: str, config) -> object:
     """The diffusers scheduler a kandi sampler name stands for (same class name, same overrides)."""
     s = next(s for s in SAMPLERS if s.name == name)
+    if s.cls.__name__ == "DPMSolverSDEScheduler":
+        # its Brownian noise is kandi's own (diffusers' is torchsde's): the reference loop takes kandi's
+        # class, whose steps equal diffusers' under the same noise (tests/test_samplers_sigma.py)
+        return s.cls.from_config(dict(config), **s.overrides)
     return getattr(diffusers, s.cls.__name__).from_config(dict(config), **s.overrides)
 
 
