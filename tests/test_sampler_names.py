@@ -190,3 +190,16 @@ def test_an_a1111_png_replays_its_sampler_and_schedule_type():
     assert got["options"]["scheduler"] == "DPM++ 2M Karras" and not got["notes"]
     got = from_parameters(text.replace("DPM++ 2M", "Restart"))
     assert "scheduler" not in got["options"] and "'Restart' is not in kandi" in got["notes"][0]
+
+
+@pytest.mark.parametrize("entry", names.SAMPLERS, ids=lambda s: s.name)
+@pytest.mark.parametrize("kind", ["Karras", "Exponential"])
+def test_a_schedule_type_the_name_check_accepts_builds(entry, kind):
+    """What the planner accepts (before any model loads) must build later, and vice versa."""
+    try:
+        name = names.canonical(entry.name, kind)
+    except ValueError:
+        with pytest.raises(ValueError):
+            names.make_sampler(entry.name, BASE, scheduler=kind)
+        return
+    assert names.a1111_name(names.make_sampler(name, BASE)) == name

@@ -173,9 +173,20 @@ def _overrides(s: Sampler, kind: str) -> dict[str, Any]:
     return overrides
 
 
+def _takes_exponential(cls: type[SchedulerBase]) -> bool:
+    """Whether the class builds with exponential sigmas (some take the diffusers key only to refuse it)."""
+    if "use_exponential_sigmas" not in cls._init_defaults():
+        return False
+    try:
+        cls(use_exponential_sigmas=True)
+    except ValueError:
+        return False
+    return True
+
+
 def _exponential(s: Sampler) -> dict[str, bool]:
     """The overrides for scheduler="Exponential", or a ValueError naming what the sampler offers."""
-    if "use_exponential_sigmas" not in s.cls._init_defaults():
+    if not _takes_exponential(s.cls):
         raise ValueError(f"sampler {s.name!r} has no Exponential schedule; use scheduler='Automatic'")
     if s.overrides.get("use_karras_sigmas"):
         raise ValueError(
