@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .layers import KandiModel, ModelOutput, attention, config_int, config_ints, merge_heads, split_heads
+from .tiling import TiledAutoencoder
 
 # block type -> whether it carries attention (the only difference between the two types of each side)
 ENCODER_BLOCKS = {"DownEncoderBlock2D": False, "AttnDownEncoderBlock2D": True}
@@ -25,6 +26,9 @@ NORM_TYPES = ("spatial", "group")
 ACTIVATIONS = ("silu", "swish")  # diffusers maps both names to SiLU
 SPATIAL_NORM_GROUPS = 32  # SpatialNorm's GroupNorm ignores norm_num_groups: MoVQ hard-codes 32
 EPS = 1e-6
+# Latents with more pixels than this are decoded / encoded in tiles unless tiling is disabled: above
+# 1280x1280 images (factor 8). Measured in BENCHMARKS.md ("MoVQ tiling"): ...
+AUTO_TILE_LATENT_AREA = 160 * 160
 
 
 def _refuse(field: str, value: Any, accepted: str) -> ValueError:
@@ -409,11 +413,16 @@ class DecoderOutput(ModelOutput):
     sample: torch.Tensor  # (B, out_channels, H, W)
 
 
-class MoVQ(KandiModel):
-    """The MoVQ autoencoder with diffusers' `VQModel` interface (`encode`, `decode`)."""
+class MoVQ(TiledAutoencoder, KandiModel):
+    """The MoVQ autoencoder with diffusers' `VQModel` interface (`encode`, `decode`).
+
+    Latents above AUTO_TILE_LATENT_AREA pixels are encoded and decoded in blended tiles (see
+    `kandi.models.tiling`); `enable_tiling()` tiles any size above one tile, `disable_tiling()` none.
+    """
 
     config_class = MoVQConfig
     diffusers_name = "VQModel"
+    auto_tile_latent_area = AUTO_TILE_LATENT_AREA
 
     def __init__(self, config: MoVQConfig):
         super().__init__()
@@ -426,13 +435,20 @@ class MoVQ(KandiModel):
 
     def encode(self, x: torch.Tensor) -> EncoderOutput:
         """Image (B, C, H, W) in [-1, 1] -> unquantised latents (`.latents`)."""
-        return EncoderOutput(latents=self.quant_conv(self.encoder(x)))
+        return EncoderOutput(latents=self.tiled_encode(self._encode, x))
+
+    def _encode(self, x: torch.Tensor) -> torch.Tensor:
+        return self.quant_conv(self.encoder(x))
 
     def decode(self, z: torch.Tensor, force_not_quantize: bool = False) -> DecoderOutput:
         """Latents -> image (`.sample`); snaps z to the codebook first unless `force_not_quantize`."""
-        zq = z if force_not_quantize else self.quantize(z)
+        zq = z if force_not_quantize else self.quantize(z)  # per pixel: the same whole or in tiles
+        return DecoderOutput(sample=self.tiled_decode(self._decode_quantized, zq))
+
+    def _decode_quantized(self, zq: torch.Tensor) -> torch.Tensor:
+        # a tile's norms are conditioned on its own crop of zq: the tile is decoded as a whole image
         cond = zq if self.config.norm_type == "spatial" else None
-        return DecoderOutput(sample=self.decoder(self.post_quant_conv(zq), cond))
+        return self.decoder(self.post_quant_conv(zq), cond)
 
     def forward(self, sample: torch.Tensor) -> DecoderOutput:
         """Round trip: encode, quantise, decode."""
