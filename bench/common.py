@@ -215,7 +215,7 @@ def compare(name: str, a: torch.Tensor, b: torch.Tensor, dtype_name: str) -> tup
     return diff, ref, ok
 
 
-NAME_W = 40
+NAME_W = 46
 
 
 def format_row(r: Row) -> str:
@@ -344,16 +344,12 @@ def fill_(model: nn.Module, seed: int) -> None:
 
 
 def build(lib: str, cls_name: str, cfg: dict[str, Any]) -> nn.Module:
-    """An empty (meta) model of diffusers' or transformers' class `cls_name` from config dict `cfg`."""
+    """An empty (meta) model of class `cls_name` of module `lib` (diffusers, transformers, ...) from `cfg`."""
+    cls = getattr(importlib.import_module(lib), cls_name)
     with torch.device("meta"):
-        if lib == "transformers":
-            import transformers
-
-            cls = getattr(transformers, cls_name)
+        if hasattr(cls, "config_class") and hasattr(cls.config_class, "from_dict"):  # transformers models
             return cls(cls.config_class.from_dict(cfg))
-        import diffusers
-
-        return getattr(diffusers, cls_name).from_config(cfg)
+        return cls.from_config(cfg)
 
 
 def weights_dir(s: Settings, name: str, lib: str, cls_name: str, cfg: dict[str, Any]) -> Path:
@@ -364,7 +360,7 @@ def weights_dir(s: Settings, name: str, lib: str, cls_name: str, cfg: dict[str, 
     stamp_file = folder / "bench-stamp.json"
     if stamp_file.is_file() and json.loads(stamp_file.read_text()) == stamp:
         return folder
-    print(f"  building random full-size {cls_name} weights in {folder} (once) ...", flush=True)
+    print(f"  building random {cls_name} weights in {folder} (once) ...", flush=True)
     t0 = time.perf_counter()
     model = build(lib, cls_name, cfg).to_empty(device="cpu")
     fill_(model, SEED)
@@ -627,3 +623,68 @@ def run(s: Settings, only: list[str], out_path: Path, steps: dict[str, Callable[
     if errors:
         print(f"FAILED: {errors}")
     return 1 if failed or errors else 0
+
+
+# ----------------------------------------------------------------------------------- end to end
+
+
+def assemble_repo(
+    tiny_repo: Path, dest: Path, full: dict[str, Path], edits: dict[str, dict] | None = None
+) -> Path:
+    """A pipeline repo: the test suite's tiny repo (tokenizers, scheduler, model_index.json) with the
+    model folders in `full` replaced by links to full-size random weights; `edits` patch JSON files
+    (path in the repo -> keys), e.g. the image processor's crop size for a full-size CLIP."""
+    shutil.rmtree(dest, ignore_errors=True)
+    shutil.copytree(tiny_repo, dest, symlinks=True)
+    for name, folder in full.items():
+        shutil.rmtree(dest / name)
+        (dest / name).symlink_to(folder, target_is_directory=True)
+    for rel, keys in (edits or {}).items():
+        f = dest / rel
+        f.write_text(json.dumps({**json.loads(f.read_text()), **keys}, indent=1))
+    return dest
+
+
+def tests_helpers() -> Any:
+    """tests/tiny.py (its tokenizer and repo builders)."""
+    sys.path.insert(0, str(ROOT / "tests"))
+    return importlib.import_module("tiny")
+
+
+def dpm_scheduler(lib: str, config: Any) -> Any:
+    """DPM++ 2M (DPMSolverMultistepScheduler, diffusers' defaults) of `lib` from a scheduler config."""
+    if lib == "diffusers":
+        import diffusers
+
+        return diffusers.DPMSolverMultistepScheduler.from_config(config)
+    from kandi.schedulers.dpm import DPMSolverMultistepScheduler
+
+    return DPMSolverMultistepScheduler.from_config(dict(config))
+
+
+def bench_e2e(
+    module: str, s: Settings, report: Report, case: dict[str, Any], what: str, default: str
+) -> None:
+    """Time to one image (models loaded; prompt encoding, denoising and decode timed) and the peak RSS
+    of the whole process, each library alone in a fresh process (never both copies in memory), for the
+    default sampler and DPM++ 2M."""
+    tmp = OUT / "e2e"
+    tmp.mkdir(parents=True, exist_ok=True)
+    for sampler in ("default", "dpm"):
+        got, outs = {}, {}
+        for lib in ("kandi", "diffusers"):
+            c = json.dumps(
+                {**case, "kind": "e2e", "lib": lib, "sampler": sampler, "steps": s.steps, "size": s.e2e_size}
+            )
+            got[lib] = peak_once(module, c, tmp / f"{lib}.pt")
+            outs[lib] = torch.load(tmp / f"{lib}.pt", weights_only=True)
+            print(f"  e2e {sampler} {lib}: {got[lib]}", flush=True)
+        diff, ref, ok = compare(f"e2e {sampler}", outs["kandi"], outs["diffusers"], s.dtype_name)
+        name = default if sampler == "default" else "DPM++ 2M"
+        label = f"one image {s.e2e_size}x{s.e2e_size}, {name} {s.steps} steps"
+        note = (f"{what}; alone in a fresh process: peak RSS {got['kandi']['peak_gb']:.1f} GB vs "
+                f"{got['diffusers']['peak_gb']:.1f} GB")  # fmt: skip
+        report.add(
+            Row(label, [got["kandi"]["seconds"]], [got["diffusers"]["seconds"]], diff, ref, ok, note=note)
+        )
+        report.info.setdefault("e2e", {})[label] = got
