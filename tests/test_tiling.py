@@ -160,8 +160,8 @@ def test_encode_of_sizes_off_the_factor_runs_whole() -> None:
 
 def test_auto_tiling_starts_above_the_threshold_and_an_explicit_disable_wins(monkeypatch) -> None:
     m = tiny_movq()
-    assert m.use_tiling is None and m.auto_tile_latent_area == movq_module.AUTO_TILE_LATENT_AREA
-    monkeypatch.setattr(m, "auto_tile_latent_area", 70 * 70)  # the real 160 x 160 costs seconds here
+    assert m.use_tiling is None and m.auto_tile_pixels == movq_module.AUTO_TILE_PIXELS
+    monkeypatch.setattr(m, "auto_tile_pixels", 140 * 140)  # latents 70 x 70 at factor 2; the real one is slow
     # default tiles: 64 latent px sharing 16, so one px over the area gives 2 x 2 tiles
     for (h, w), expected in [((70, 70), 1), ((70, 71), 4), ((80, 80), 4)]:
         with torch.no_grad(), DecoderCalls(m.decoder) as calls:
@@ -174,9 +174,9 @@ def test_auto_tiling_starts_above_the_threshold_and_an_explicit_disable_wins(mon
 
 
 def test_the_default_threshold_leaves_1280_px_whole_and_tiles_above() -> None:
-    m = tiny_movq()
-    assert not m.tiles_latent(160, 160) and m.tiles_latent(161, 160)  # 1280 vs 1288 px at factor 8
-    assert not m.tiles_latent(128, 192)  # 1024 x 1536
+    m = tiny_movq()  # factor 2: latents of 640 x 640 make 1280 x 1280 images
+    assert not m.tiles_latent(640, 640) and m.tiles_latent(641, 640)
+    assert not m.tiles_latent(512, 768)  # 1024 x 1536
     m.enable_tiling()
     assert m.tiles_latent(65, 64) and not m.tiles_latent(64, 64)  # one tile: the plain path
 

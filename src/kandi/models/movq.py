@@ -26,12 +26,12 @@ NORM_TYPES = ("spatial", "group")
 ACTIVATIONS = ("silu", "swish")  # diffusers maps both names to SiLU
 SPATIAL_NORM_GROUPS = 32  # SpatialNorm's GroupNorm ignores norm_num_groups: MoVQ hard-codes 32
 EPS = 1e-6
-# Latents with more pixels than this are decoded / encoded in tiles unless tiling is disabled: images
-# above 1280x1280 (factor 8). Measured (BENCHMARKS.md, "MoVQ tiling"): an untiled 2.2 decode needs about
+# Images (latent size times the MoVQ's factor) with more pixels than this are decoded / encoded in tiles
+# unless tiling is disabled: above 1280x1280. Measured (BENCHMARKS.md, "MoVQ tiling"): an untiled 2.2 decode needs about
 # 4 GB per megapixel of RSS (2.4 GB at 768², 4.2 GB at 1024²; Kandinsky 3's twice as wide MoVQ more), a
 # tiled one about 1 GB at any size, at 1.5-2x the time and within ~2e-4 mean abs of the whole decode.
 # Up to 1280² (every model's native size and 1024x1536) it stays one pass, equal to diffusers'.
-AUTO_TILE_LATENT_AREA = 160 * 160
+AUTO_TILE_PIXELS = 1280 * 1280
 
 
 def _refuse(field: str, value: Any, accepted: str) -> ValueError:
@@ -419,13 +419,13 @@ class DecoderOutput(ModelOutput):
 class MoVQ(TiledAutoencoder, KandiModel):
     """The MoVQ autoencoder with diffusers' `VQModel` interface (`encode`, `decode`).
 
-    Latents above AUTO_TILE_LATENT_AREA pixels are encoded and decoded in blended tiles (see
+    Images above AUTO_TILE_PIXELS pixels are encoded and decoded in blended tiles (see
     `kandi.models.tiling`); `enable_tiling()` tiles any size above one tile, `disable_tiling()` none.
     """
 
     config_class = MoVQConfig
     diffusers_name = "VQModel"
-    auto_tile_latent_area = AUTO_TILE_LATENT_AREA
+    auto_tile_pixels = AUTO_TILE_PIXELS
 
     def __init__(self, config: MoVQConfig):
         super().__init__()

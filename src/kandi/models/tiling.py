@@ -85,14 +85,14 @@ class TiledAutoencoder:
     """`enable_tiling()` / `disable_tiling()` (diffusers' names) for an autoencoder whose latents are
     `tile_factor` times smaller than its images; sizes are in latent pixels.
 
-    `use_tiling` None (the default) tiles automatically when a latent has more than
-    `auto_tile_latent_area` pixels (None: never); an explicit enable or disable wins.
+    `use_tiling` None (the default) tiles automatically when the image (latent times the factor) has
+    more than `auto_tile_pixels` pixels (None: never); an explicit enable or disable wins.
     """
 
     use_tiling: bool | None = None
     tile_latent_size: int = 64
     tile_latent_overlap: int = 16
-    auto_tile_latent_area: int | None = None
+    auto_tile_pixels: int | None = None
 
     def enable_tiling(self, tile_size: int | None = None, overlap: int | None = None) -> None:
         """Encode and decode in overlapping tiles of `tile_size` latent px (e.g. 64 = 512 image px for
@@ -120,7 +120,7 @@ class TiledAutoencoder:
             return False
         if self.use_tiling:
             return True
-        return self.auto_tile_latent_area is not None and h * w > self.auto_tile_latent_area
+        return self.auto_tile_pixels is not None and h * w * self.tile_factor**2 > self.auto_tile_pixels
 
     def tiled_decode(self, fn: Callable[[torch.Tensor], torch.Tensor], z: torch.Tensor) -> torch.Tensor:
         """fn(z) (latents -> images), in tiles when `tiles_latent` says so."""
