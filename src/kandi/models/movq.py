@@ -26,11 +26,12 @@ NORM_TYPES = ("spatial", "group")
 ACTIVATIONS = ("silu", "swish")  # diffusers maps both names to SiLU
 SPATIAL_NORM_GROUPS = 32  # SpatialNorm's GroupNorm ignores norm_num_groups: MoVQ hard-codes 32
 EPS = 1e-6
-# Images (latent size times the MoVQ's factor) with more pixels than this are decoded / encoded in tiles
-# unless tiling is disabled: above 1280x1280. Measured (BENCHMARKS.md, "MoVQ tiling"): an untiled 2.2 decode needs about
-# 4 GB per megapixel of RSS (2.4 GB at 768², 4.2 GB at 1024²; Kandinsky 3's twice as wide MoVQ more), a
-# tiled one about 1 GB at any size, at 1.5-2x the time and within ~2e-4 mean abs of the whole decode.
-# Up to 1280² (every model's native size and 1024x1536) it stays one pass, equal to diffusers'.
+# Images (latent size times the MoVQ's factor) with more pixels than this are decoded / encoded in
+# tiles unless tiling is disabled: above 1280x1280. Measured (BENCHMARKS.md, "MoVQ tiling"): an
+# untiled 2.2 decode needs about 4 GB of RSS per megapixel (2.4 GB at 768², 4.2 GB at 1024²; more for
+# Kandinsky 3's twice as wide MoVQ), a tiled one about 1 GB at any size, at 1.5-2x the time and within
+# ~2e-4 mean abs of the whole decode. Up to 1280² (every model's native size, 1024x1536) it stays one
+# pass, equal to diffusers'.
 AUTO_TILE_PIXELS = 1280 * 1280
 
 
