@@ -86,7 +86,8 @@ class Kandinsky3Pipeline(_Guided, DiffusionPipeline):
                     t.negative_mask = torch.zeros_like(attention_mask)
                 else:
                     neg = checks.check_negative(negative_prompt, [""] * prompt_embeds.shape[0])
-                    e, m = self.prompt_cache.encode(self.tokenizer, self._text_encoder(), neg)
+                    e, m = self.prompt_cache.encode(self.tokenizer, self.text_encoder, neg, self._placement)
+                    self._placement.park(self.text_encoder)
                     t.negative_embeds, t.negative_mask = (
                         e[:, : prompt_embeds.shape[1]],
                         m[:, : prompt_embeds.shape[1]],
@@ -102,12 +103,8 @@ class Kandinsky3Pipeline(_Guided, DiffusionPipeline):
             return k3._expand(t, n, device, dtype)
         prompts = checks.check_prompts("prompt", prompt)
         negs = checks.check_negative(negative_prompt, prompts)
-        return k3.encode_text(self.tokenizer, self._text_encoder(), prompts, negs, n, guided, device, dtype,
-                              self.prompt_cache, cut=cut)  # fmt: skip
-
-    def _text_encoder(self) -> Any:
-        self._placement.use(self.text_encoder)
-        return self.text_encoder
+        return k3.encode_text(self.tokenizer, self.text_encoder, prompts, negs, n, guided, device, dtype,
+                              self.prompt_cache, self._placement, cut=cut)  # fmt: skip
 
     def prepare_latents(self, shape, dtype, device, generator, latents, scheduler) -> torch.Tensor:
         checks.check_latents(latents, tuple(shape))
