@@ -33,6 +33,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import bench_k22 as k22  # noqa: E402  (the shared weight cache and settings)
+import common  # noqa: E402
 
 DEFAULT_ROWS = "diffusers:100,DDPM:100,DPM++ 2M Karras:25,DPM++ 2M Karras:20,UniPC:20"
 
@@ -44,11 +45,11 @@ def decoder_folder(s: k22.Settings) -> Path:
     for part in ("unet", "movq"):
         link = root / part
         if not link.exists():
-            link.symlink_to(k22.weights_dir(s, part), target_is_directory=True)
+            link.symlink_to(k22.folder_of(s, part), target_is_directory=True)
     sched = root / "scheduler"
     sched.mkdir(exist_ok=True)
-    shutil.copy(k22.CONFIGS / "k22-decoder.scheduler.json", sched / "scheduler_config.json")
-    shutil.copy(k22.CONFIGS / "k22-decoder.model_index.json", root / "model_index.json")
+    shutil.copy(common.CONFIGS / "k22-decoder.scheduler.json", sched / "scheduler_config.json")
+    shutil.copy(common.CONFIGS / "k22-decoder.model_index.json", root / "model_index.json")
     return root
 
 
@@ -80,7 +81,7 @@ def run_row(pipe, size: int, steps: int, device: torch.device) -> tuple[float, t
         generator=torch.Generator().manual_seed(0),
         output_type="pt",
     ).images
-    k22.sync(device)
+    common.sync(device)
     return time.perf_counter() - t0, out
 
 

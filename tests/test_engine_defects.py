@@ -227,9 +227,7 @@ def test_from_png_reads_an_a1111_png(offline_hub, capsys, tmp_path):
     code, out, err = run(capsys, "generate", "--from-png", png, "--prior-steps", "2", "--offline", "-q",
                          "-o", tmp_path / "again.png")  # fmt: skip
     assert code == 0, err
-    assert (
-        "could not take" in err and "DPM++" not in err and "v1-5-pruned" in err and "Clip skip" in err
-    )
+    assert "could not take" in err and "DPM++" not in err and "v1-5-pruned" in err and "Clip skip" in err
     made = Image.open(tmp_path / "again.png").text["parameters"]
     assert (
         made.startswith("a lighthouse at dawn\nNegative prompt: blurry\nSteps: 3,") and "Seed: 1234," in made
