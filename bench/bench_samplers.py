@@ -68,8 +68,12 @@ def embeds(dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.randn(1, 1280, generator=g, dtype=dtype), torch.zeros(1, 1280, dtype=dtype)
 
 
-def run_row(pipe, size: int, steps: int, device: torch.device) -> tuple[float, torch.Tensor]:
+def run_row(pipe, size: int, steps: int, device: torch.device) -> tuple[float, int]:
+    """Seconds for one image, and the UNet evaluations it took (conv_in runs once per evaluation, in
+    both libraries; a 2nd-order sampler evaluates about twice per step)."""
     emb, neg = embeds(pipe.unet.dtype)
+    calls = []
+    hook = pipe.unet.conv_in.register_forward_hook(lambda *_: calls.append(1))
     t0 = time.perf_counter()
     out = pipe(
         image_embeds=emb.to(device),
@@ -82,7 +86,10 @@ def run_row(pipe, size: int, steps: int, device: torch.device) -> tuple[float, t
         output_type="pt",
     ).images
     common.sync(device)
-    return time.perf_counter() - t0, out
+    sec = time.perf_counter() - t0
+    hook.remove()
+    del out
+    return sec, len(calls)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -99,7 +106,7 @@ def main(argv: list[str] | None = None) -> int:
     rows = parse_rows(a.rows)
     size = 128 if a.quick else a.size
     device = torch.device(a.device)
-    s, _, _ = k22.parse_args(["--device", a.device, "--weights", str(a.weights)])
+    s, _, _ = common.parse_args(__doc__, k22.PARTS, ["--device", a.device, "--weights", str(a.weights)])
 
     import diffusers
 
@@ -129,7 +136,7 @@ def main(argv: list[str] | None = None) -> int:
             dpipe = pipe("diffusers")
             label = f"diffusers {type(dpipe.scheduler).__name__}"
             with torch.inference_mode():
-                sec, _ = run_row(dpipe, size, steps, device)
+                sec, calls = run_row(dpipe, size, steps, device)
             ref_time = sec
         else:
             try:
@@ -141,16 +148,22 @@ def main(argv: list[str] | None = None) -> int:
             kpipe.scheduler = sampler
             label = f"kandi {name}"
             with torch.inference_mode():
-                sec, _ = run_row(kpipe, size, steps, device)
+                sec, calls = run_row(kpipe, size, steps, device)
         load = os.getloadavg()[0]
-        results.append({"row": label, "steps": steps, "seconds": sec, "load": load})
-        print(f"  {label:38s} {steps:4d} steps {sec:9.1f} s   load {load:.2f}", flush=True)
+        results.append({"row": label, "steps": steps, "unet_calls": calls, "seconds": sec, "load": load})
+        print(
+            f"  {label:38s} {steps:4d} steps {calls:4d} UNet calls {sec:9.1f} s   load {load:.2f}", flush=True
+        )
 
-    print(f"\n| decoder run, {size}x{size}, 1 image, CFG 4 | steps | seconds | vs diffusers default | load |")
-    print("|---|---:|---:|---:|---:|")
+    print(
+        f"\n| decoder run, {size}x{size}, 1 image, CFG 4 | steps | UNet calls | seconds | vs diffusers default | load |"
+    )
+    print("|---|---:|---:|---:|---:|---:|")
     for r in results:
         ratio = f"{ref_time / r['seconds']:.2f}x" if ref_time else "-"
-        print(f"| {r['row']} | {r['steps']} | {r['seconds']:.1f} | {ratio} | {r['load']:.2f} |")
+        print(
+            f"| {r['row']} | {r['steps']} | {r['unet_calls']} | {r['seconds']:.1f} | {ratio} | {r['load']:.2f} |"
+        )
     a.out.parent.mkdir(parents=True, exist_ok=True)
     a.out.write_text(json.dumps({"size": size, "device": str(device), "rows": results}, indent=1))
     return 0
