@@ -22,18 +22,13 @@ from torch import Generator, Tensor
 from .base import SchedulerOutput
 from .euler import sigma_to_t
 from .ksigmas import (
-    SIGMA_BETA_SCHEDULES,
     KSigmaScheduler,
-    check_prediction,
     doubled,
     sampler_timesteps,
-    sigma_betas,
     sigma_kind,
     sigma_x0,
     spaced_sigmas,
 )
-
-PREDICTIONS = ("epsilon", "v_prediction")
 
 
 class BrownianPath:
@@ -128,13 +123,7 @@ class DPMSolverSDEScheduler(KSigmaScheduler):
         timestep_spacing: str = "linspace",
         steps_offset: int = 0,
     ) -> None:
-        check_prediction(prediction_type, PREDICTIONS)
-        sigma_kind(use_karras_sigmas, use_exponential_sigmas, use_beta_sigmas)
-        self._register({k: v for k, v in locals().items() if k not in ("self", "__class__")})
-        betas = sigma_betas(
-            beta_schedule, num_train_timesteps, beta_start, beta_end, trained_betas, SIGMA_BETA_SCHEDULES
-        )
-        self._set_tables(betas)
+        self._init_tables(locals())
         self.noise_sampler_seed = noise_sampler_seed
         self.set_timesteps(num_train_timesteps)  # diffusers' constructor leaves the full schedule set
 

@@ -13,10 +13,8 @@ from torch import Generator, Tensor
 from .base import SchedulerOutput
 from .ksigmas import (
     KSigmaScheduler,
-    check_prediction,
     doubled,
     sampler_timesteps,
-    sigma_betas,
     sigma_kind,
     sigma_x0,
     spaced_sigmas,
@@ -39,6 +37,9 @@ def heun_correct(x_start: Tensor, d_start: Tensor, d_end: Tensor, dt: Tensor) ->
 class HeunDiscreteScheduler(KSigmaScheduler):
     """diffusers' HeunDiscreteScheduler (order 2): linear, Karras or exponential sigmas."""
 
+    PREDICTIONS = PREDICTIONS
+    BETA_SCHEDULES = BETA_SCHEDULES
+
     order = 2
 
     def __init__(
@@ -57,13 +58,7 @@ class HeunDiscreteScheduler(KSigmaScheduler):
         timestep_spacing: str = "linspace",
         steps_offset: int = 0,
     ) -> None:
-        check_prediction(prediction_type, PREDICTIONS)
-        sigma_kind(use_karras_sigmas, use_exponential_sigmas, use_beta_sigmas)
-        self._register({k: v for k, v in locals().items() if k not in ("self", "__class__")})
-        betas = sigma_betas(
-            beta_schedule, num_train_timesteps, beta_start, beta_end, trained_betas, BETA_SCHEDULES
-        )
-        self._set_tables(betas)
+        self._init_tables(locals())
         self.set_timesteps(num_train_timesteps)  # diffusers' constructor leaves the full schedule set
 
     def set_timesteps(self, num_inference_steps: int, device: str | torch.device | None = None) -> None:

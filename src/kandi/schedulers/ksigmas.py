@@ -98,6 +98,19 @@ class KSigmaScheduler(SigmaScheduler):
     """SigmaScheduler for the k-diffusion samplers: timesteps found by value, whatever their type."""
 
     timesteps: Tensor
+    PREDICTIONS: tuple[str, ...] = ("epsilon", "v_prediction")
+    BETA_SCHEDULES: tuple[str, ...] = SIGMA_BETA_SCHEDULES
+
+    def _init_tables(self, args: dict) -> None:
+        """The constructors' shared part, from their `locals()`: check the options, record the config,
+        build the sigma tables."""
+        cfg = {k: v for k, v in args.items() if k not in ("self", "__class__")}
+        check_prediction(cfg["prediction_type"], self.PREDICTIONS)
+        sigma_kind(cfg["use_karras_sigmas"], cfg["use_exponential_sigmas"], cfg["use_beta_sigmas"])
+        self._register(cfg)
+        betas = sigma_betas(cfg["beta_schedule"], cfg["num_train_timesteps"], cfg["beta_start"],
+                            cfg["beta_end"], cfg["trained_betas"], self.BETA_SCHEDULES)  # fmt: skip
+        self._set_tables(betas)
 
     def _set_schedule(self, timesteps: Tensor) -> None:
         self.timesteps = timesteps

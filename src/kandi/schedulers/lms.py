@@ -18,11 +18,8 @@ from torch import Generator, Tensor
 
 from .base import SchedulerOutput
 from .ksigmas import (
-    SIGMA_BETA_SCHEDULES,
     KSigmaScheduler,
-    check_prediction,
     sampler_timesteps,
-    sigma_betas,
     sigma_kind,
     sigma_x0,
     spaced_sigmas,
@@ -61,6 +58,8 @@ def lms_coefficients(sigmas: np.ndarray, i: int, order: int) -> list[float]:
 class LMSDiscreteScheduler(KSigmaScheduler):
     """diffusers' LMSDiscreteScheduler: linear, Karras or exponential sigmas; step order 4 by default."""
 
+    PREDICTIONS = PREDICTIONS
+
     def __init__(
         self,
         num_train_timesteps: int = 1000,
@@ -75,13 +74,7 @@ class LMSDiscreteScheduler(KSigmaScheduler):
         timestep_spacing: str = "linspace",
         steps_offset: int = 0,
     ) -> None:
-        check_prediction(prediction_type, PREDICTIONS)
-        sigma_kind(use_karras_sigmas, use_exponential_sigmas, use_beta_sigmas)
-        self._register({k: v for k, v in locals().items() if k not in ("self", "__class__")})
-        betas = sigma_betas(
-            beta_schedule, num_train_timesteps, beta_start, beta_end, trained_betas, SIGMA_BETA_SCHEDULES
-        )
-        self._set_tables(betas)
+        self._init_tables(locals())
         self.is_scale_input_called = False
         self.set_timesteps(num_train_timesteps)  # diffusers' constructor leaves the full schedule set
 
