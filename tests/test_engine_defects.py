@@ -222,17 +222,17 @@ def test_from_png_reads_an_a1111_png(offline_hub, capsys, tmp_path):
     png = _a1111_png(tmp_path / "a1111.png", A1111)
     rec = replay_module.recorded(png, "generate")
     assert rec["options"] == {"prompt": "a lighthouse at dawn", "negative_prompt": "blurry", "steps": 3,
-                              "guidance_scale": 6.5, "seed": 1234, "width": 64, "height": 64}  # fmt: skip
+                              "guidance_scale": 6.5, "seed": 1234, "width": 64, "height": 64,
+                              "scheduler": "DPM++ 2M Karras"}  # fmt: skip
     code, out, err = run(capsys, "generate", "--from-png", png, "--prior-steps", "2", "--offline", "-q",
                          "-o", tmp_path / "again.png")  # fmt: skip
     assert code == 0, err
-    assert (
-        "could not take" in err and "DPM++ 2M Karras" in err and "v1-5-pruned" in err and "Clip skip" in err
-    )
+    assert "could not take" in err and "DPM++" not in err and "v1-5-pruned" in err and "Clip skip" in err
     made = Image.open(tmp_path / "again.png").text["parameters"]
     assert (
         made.startswith("a lighthouse at dawn\nNegative prompt: blurry\nSteps: 3,") and "Seed: 1234," in made
     )
+    assert "Sampler: DPM++ 2M Karras," in made  # the sampler is taken now that kandi has it
 
 
 def test_a_corrupt_or_foreign_png_names_the_file(capsys, tmp_path):

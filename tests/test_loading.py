@@ -630,3 +630,21 @@ def test_load_builds_on_meta_device(kind: str, tmp_path: Path, monkeypatch) -> N
     ours = OURS[kind].from_pretrained(str(tmp_path))
     assert real_devices == []
     assert not any(t.is_meta for t in [*ours.parameters(), *ours.buffers()])
+
+
+@pytest.mark.parametrize(
+    "cls",
+    ["UniPCMultistepScheduler", "PNDMScheduler", "EulerDiscreteScheduler", "DPMSolverSinglestepScheduler"],
+)
+def test_a_saved_pipeline_with_another_scheduler_loads_it(cls: str, k22_repos, tmp_path: Path) -> None:
+    import diffusers
+
+    import kandi
+
+    folder = shutil.copytree(k22_repos["decoder"], tmp_path / "decoder")
+    pipe = diffusers.KandinskyV22Pipeline.from_pretrained(folder)
+    pipe.scheduler = getattr(diffusers, cls).from_config(pipe.scheduler.config)
+    pipe.save_pretrained(folder)
+    ours = kandi.KandinskyV22Pipeline.from_pretrained(folder)
+    assert type(ours.scheduler) is getattr(kandi, cls)
+    assert ours.scheduler.config["num_train_timesteps"] == pipe.scheduler.config["num_train_timesteps"]

@@ -379,8 +379,11 @@ def test_a1111_txt2img_accepts_the_whole_schema(client):
     body = r.json()
     info = json.loads(body["info"])
     assert info["all_seeds"] == [11, 12] and info["seed"] == 11 and len(body["images"]) == 2
-    # "Euler a" with the Karras schedule type: kandi's Euler a (it has no Karras form), no fallback note
-    assert info["sampler_name"] == "Euler a" and not info["comments"]
+    # "Euler a" with the Karras schedule type: kandi's Euler a has no Karras form, and `info` says so
+    assert info["sampler_name"] == "Euler a"
+    assert info["comments"] == {
+        "kandi": ["sampler 'Euler a' has no Karras schedule in kandi: Automatic was used"]
+    }
     assert body["parameters"]["enable_hr"] is True  # echoed back, as A1111 does
     # the hires fix is honoured: A1111's hr_* fields are the native API's `hires`
     hires = {"scale": 2, "upscaler": "Latent", "strength": 0.7, "steps": 0}

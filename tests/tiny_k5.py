@@ -58,7 +58,45 @@ class ProcessorShim:
         return self.tokenizer.decode(ids)
 
 
-def t2i_components(workdir: Path) -> dict:
+# diffusers' tests/pipelines/kandinsky5/test_kandinsky5_i2i.py: a VAE of 8x (four blocks), as the real one
+VAE_I2I_TINY = {**VAE_TINY, "block_out_channels": [32, 64, 64, 64], "down_block_types": ["DownEncoderBlock2D"] * 4,
+                "up_block_types": ["UpDecoderBlock2D"] * 4, "sample_size": 64}  # fmt: skip
+
+
+def real_processor(tokenizer):
+    """transformers' own Qwen2VLProcessor over `tokenizer` and the PIL image processor (the oracle).
+
+    transformers 5 refuses to build it without torchvision only because its class check looks the video
+    processor up; with no video processor given, nothing needs torchvision, so the check is skipped."""
+    from unittest import mock
+
+    from transformers import Qwen2VLProcessor
+    from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
+    from transformers.processing_utils import ProcessorMixin
+
+    with mock.patch.object(ProcessorMixin, "check_argument_for_proper_class", lambda *a: None):
+        return Qwen2VLProcessor(image_processor=Qwen2VLImageProcessorPil(), tokenizer=tokenizer,
+                                video_processor=None)  # fmt: skip
+
+
+def i2i_components(workdir: Path) -> dict:
+    """The editing model's tiny parts: the T2I ones with the 8x VAE, a visual_cond DiT (33 input channels)
+    and Qwen's image token ids those of the tiny tokenizer (its vision tower reads the source image)."""
+    import diffusers
+
+    c = t2i_components(workdir, image_token_ids=True)
+    torch.manual_seed(0)
+    c["vae"] = diffusers.AutoencoderKL(**VAE_I2I_TINY).eval()
+    torch.manual_seed(0)
+    dit = diffusers.Kandinsky5Transformer3DModel(**DIT_TINY, visual_cond=True).eval()
+    from tiny import _jitter
+
+    _jitter(dit, 0.1)
+    c["transformer"] = dit
+    return c
+
+
+def t2i_components(workdir: Path, image_token_ids: bool = False) -> dict:
     import diffusers
     from tiny import _jitter, clip_tokenizer
     from transformers import (
@@ -91,11 +129,12 @@ def t2i_components(workdir: Path) -> dict:
         },
         hidden_size=h,
         vocab_size=512,
-        vision_end_token_id=261,
-        vision_start_token_id=260,
-        image_token_id=262,
-        vision_token_id=262,
-    )
+        # the tiny tokenizer's ids (<|vision_start|> 259, <|vision_end|> 260, <|image_pad|> 261) for editing;
+        # text to image keeps the ids it was written with (its prompts hold no vision tokens)
+        **(dict(vision_start_token_id=259, vision_end_token_id=260, image_token_id=261)
+           if image_token_ids else
+           dict(vision_end_token_id=261, vision_start_token_id=260, image_token_id=262, vision_token_id=262)),
+    )  # fmt: skip
     qwen = Qwen2_5_VLForConditionalGeneration(qcfg).eval()
     torch.manual_seed(0)
     clip = CLIPTextModel(
@@ -126,4 +165,4 @@ def t2i_components(workdir: Path) -> dict:
     }
 
 
-__all__ = ["ProcessorShim", "json", "qwen_tokenizer", "t2i_components"]
+__all__ = ["ProcessorShim", "i2i_components", "json", "qwen_tokenizer", "real_processor", "t2i_components"]

@@ -12,7 +12,7 @@ from typing import Any
 @dataclass(frozen=True)
 class ModelSpec:
     name: str
-    family: str  # "k21", "k22", "k3", "k31"
+    family: str  # "k21", "k22", "k3", "k31", "k5" (text to image), "k5i2i" (editing)
     decoder_repo: str
     prior_repo: str | None
     inpaint_repo: str | None = None
@@ -89,6 +89,17 @@ REGISTRY: dict[str, ModelSpec] = {
         default_steps=50,
         default_guidance=3.5,
         aliases=("5", "k5", "kandinsky5", "kandinsky-5.0", "kandinsky-5-t2i"),
+    ),
+    # the editing model: its own family, since it only edits and the text-to-image model cannot
+    "kandinsky-5-i2i": ModelSpec(
+        name="kandinsky-5-i2i",
+        family="k5i2i",  # pipelines/k5_tasks.py (K5Models, image_to_image)
+        decoder_repo="kandinskylab/Kandinsky-5.0-I2I-Lite-sft-Diffusers",
+        prior_repo=None,
+        default_size=1024,
+        default_steps=50,
+        default_guidance=3.5,
+        aliases=("5-i2i", "k5-i2i", "k5i2i", "kandinsky5-i2i", "kandinsky-5.0-i2i", "kandinsky-5-edit"),
     ),
 }
 DEFAULT_MODEL = "kandinsky-2.2"

@@ -11,11 +11,14 @@ import contextlib
 import os
 import sys
 import types
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import torch
+
+# the tiling is shared with the MoVQ / VAE tiling; run_tiled and spans stay importable from here
+from .models.tiling import run_tiled, spans  # noqa: F401
 
 BUILTIN = {"lanczos": "Lanczos", "nearest": "Nearest"}
 MODEL_SUFFIXES = (".safetensors", ".pth", ".pt", ".ckpt", ".bin")
@@ -118,60 +121,6 @@ def load_upscaler(path: str | os.PathLike, device: str | torch.device = "cpu") -
 
 
 # ----------------------------------------------------------------------------------------- tiling
-
-
-def _ramp(n: int, overlap: int, lead: bool, trail: bool) -> torch.Tensor:
-    """Blend weights along one tile side of n px: zero in the outer third of an overlap (where the tile
-    sees past its edge), rising linearly over the middle third, one inside; no ramp at the image edge."""
-    w = torch.ones(n)
-    if overlap <= 0:
-        return w
-    pad = overlap // 3
-    rise = max(overlap - 2 * pad, 1)
-    d = torch.arange(n, dtype=torch.float32)
-    ramp = ((d - pad + 0.5) / rise).clamp(0, 1)
-    if lead:
-        w = torch.minimum(w, ramp)
-    if trail:
-        w = torch.minimum(w, ramp.flip(0))
-    return w
-
-
-def spans(size: int, tile: int, overlap: int) -> list[tuple[int, int]]:
-    """(start, length) of the tiles along one side: as few as `tile` allows with at least `overlap` px
-    shared by neighbours, all of one length and evenly spread (so no tile is mostly overlap)."""
-    if size <= tile:
-        return [(0, size)]
-    n = -(-(size - overlap) // (tile - overlap))
-    length = -(-(size + (n - 1) * overlap) // n)
-    return [(round(i * (size - length) / (n - 1)), length) for i in range(n)]
-
-
-def run_tiled(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, scale: int, tile: int = 512,
-              overlap: int = 48) -> torch.Tensor:  # fmt: skip
-    """fn over (1, C, H, W) in tiles of `tile` px overlapping by `overlap`, blended: (1, C', H*s, W*s).
-
-    A tile's outer third of each overlap is not used, so where the network sees no further than that
-    (overlap // 3 input px) the result equals one untiled pass; `tile=0` runs untiled.
-    """
-    h, w = x.shape[-2:]
-    if tile <= 0 or (h <= tile and w <= tile):
-        return fn(x)
-    out = weight = None
-    for y0, th in spans(h, tile, overlap):
-        for x0, tw in spans(w, tile, overlap):
-            part = fn(x[..., y0 : y0 + th, x0 : x0 + tw]).float()
-            wy = _ramp(th * scale, overlap * scale, y0 > 0, y0 + th < h)
-            wx = _ramp(tw * scale, overlap * scale, x0 > 0, x0 + tw < w)
-            wt = (wy[:, None] * wx[None, :]).to(part.device)
-            if out is None:
-                out = torch.zeros(*part.shape[:2], h * scale, w * scale, device=part.device)
-                weight = torch.zeros(h * scale, w * scale, device=part.device)
-            ys, xs = slice(y0 * scale, (y0 + th) * scale), slice(x0 * scale, (x0 + tw) * scale)
-            out[..., ys, xs] += part * wt
-            weight[ys, xs] += wt
-            del part, wt
-    return out.div_(weight.clamp_min_(1e-8))  # in place: the output is the largest tensor here
 
 
 # ---------------------------------------------------------------------------------------- upscaling

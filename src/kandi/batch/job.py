@@ -108,9 +108,9 @@ def _flag(value: Any) -> bool:
 
 def _scheduler(value: Any) -> str:
     """A sampler by its A1111 or diffusers name, checked as the command line checks it."""
-    from ..schedulers.names import _find
+    from ..schedulers.names import canonical
 
-    _find(_text(value))
+    canonical(_text(value))
     return value.strip()
 
 

@@ -33,6 +33,15 @@ class _Parser(argparse.ArgumentParser):
 # ------------------------------------------------------------------------------------- argument types
 
 
+# the A1111 names of kandi.schedulers.names.SAMPLERS, written out so that `--help` needs no torch import
+# (tests/test_sampler_names.py checks the two agree)
+SAMPLER_HELP = (
+    'DDPM, DDIM, "DPM++ 2M", "DPM++ 2M Karras", "DPM++ 2M SDE", "DPM++ 2M SDE Karras", Euler, "Euler a", '
+    'UniPC, DEIS, "DPM++ 2S", PLMS, LCM, Heun, DPM2, "DPM2 Karras", "DPM2 a", "DPM2 a Karras", LMS, '
+    '"LMS Karras", "DPM++ SDE", "DPM++ SDE Karras"'
+)
+
+
 def _arg(parse: Callable[[str], Any]) -> Callable[[str], Any]:
     """An argparse type over one of the engine's value checks (the same words in every shell)."""
 
@@ -130,8 +139,8 @@ def add_common_args(p: argparse.ArgumentParser, size_from: str | None = None) ->
         "--scheduler",
         dest="scheduler",
         metavar="NAME",
-        help='decoder sampler, by its A1111 or diffusers name: DDPM, DDIM, "DPM++ 2M", "DPM++ 2M Karras", '
-        '"DPM++ 2M SDE (Karras)", Euler, "Euler a" (default the checkpoint\'s own)',
+        help="decoder sampler, by its A1111 or diffusers class name, with ' Karras' or ' Exponential' for "
+        f"that schedule type where it has one: {SAMPLER_HELP} (default the checkpoint's own)",
     )
     p.add_argument(
         "--from-png",

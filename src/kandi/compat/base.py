@@ -248,6 +248,27 @@ class DiffusionPipeline(LoraLoaderMixin):
     def disable_attention_slicing(self) -> None:
         self.enable_attention_slicing(None)
 
+    def _autoencoders(self) -> list[nn.Module]:
+        found = [m for _, m in self._modules() if hasattr(m, "enable_tiling")]
+        if not found:
+            raise ValueError(
+                f"{type(self).__name__} has no MoVQ or VAE to tile (tiling applies to the pipelines that "
+                "decode images: the decoder, combined, Kandinsky 3 and 5 pipelines)"
+            )
+        return found
+
+    def enable_vae_tiling(self) -> None:
+        """Decode (and encode) images in overlapping blended tiles: memory bounded at any size, a little
+        slower, and slightly different from one whole pass (tiles normalise with their own statistics).
+        Without a call, the MoVQ tiles on its own above 1280x1280 images; see `kandi.models.tiling`."""
+        for m in self._autoencoders():
+            m.enable_tiling()
+
+    def disable_vae_tiling(self) -> None:
+        """Always decode and encode in one pass, at any size (also turns off the automatic tiling)."""
+        for m in self._autoencoders():
+            m.disable_tiling()
+
     def enable_xformers_memory_efficient_attention(self, attention_op: Any = None) -> None:
         warn_once("kandi always uses PyTorch's scaled_dot_product_attention (flash / memory-efficient kernels); "
                   "enable_xformers_memory_efficient_attention() changes nothing")  # fmt: skip
@@ -292,6 +313,8 @@ def _slice_for(slice_size: str | int | None, model: nn.Module) -> int | None:
 def _library_and_class(comp: Any) -> tuple[str | None, str | None]:
     if comp is None:
         return (None, None)
+    if getattr(type(comp), "saved_as", None) is not None:  # kandi's stand-in for a transformers class
+        return type(comp).saved_as
     name = getattr(type(comp), "diffusers_name", None)
     if name is not None:
         return ("diffusers", name)

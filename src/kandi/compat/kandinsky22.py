@@ -30,8 +30,15 @@ def run_with_callbacks(
     inputs: list[str],
     legacy: Callable | None = None,
     legacy_steps: int = 1,
+    legacy_per_order: bool = False,
 ) -> None:
-    """Drive a denoising loop with a progress bar and diffusers-style step callbacks."""
+    """Drive a denoising loop with a progress bar and diffusers-style step callbacks.
+
+    The legacy `callback(step, t, latents)` gets diffusers' step number `i // scheduler.order` (a
+    2nd-order sampler has two timesteps per step); with `legacy_per_order` it runs only where diffusers'
+    Kandinsky 3 loop updates its bar: every `order`-th timestep and the last.
+    """
+    order = getattr(getattr(pipe, "scheduler", None), "order", 1) or 1
     with pipe.progress_bar(total=total) as bar:
         for s in loop:
             if on_step_end is not None:
@@ -39,8 +46,9 @@ def run_with_callbacks(
                 for k, v in out.items():
                     if hasattr(s, k) and k not in ("i", "t", "num_steps"):
                         setattr(s, k, v)
-            if legacy is not None and s.i % legacy_steps == 0:
-                legacy(s.i, s.t, s.latents)
+            due = not legacy_per_order or s.i == total - 1 or (s.i + 1) % order == 0
+            if legacy is not None and due and s.i % legacy_steps == 0:
+                legacy(s.i // order, s.t, s.latents)
             bar.update()
 
 
@@ -139,10 +147,12 @@ class KandinskyV22PriorPipeline(_Guided, DiffusionPipeline):
         self._guidance_scale = g
         self._placement.use(self.text_encoder)
         cond = k22.encode_prior_text(self.tokenizer, self.text_encoder, texts, uncond, n, g > 1, device)
+        ts = k22.schedule(
+            self.scheduler, steps, device
+        )  # before init_noise_sigma: set_timesteps may change it
         x = k22.initial_latents(
             shape, generator, device, cond.prompt_embeds.dtype, latents, self.scheduler.init_noise_sigma
         )
-        ts = k22.schedule(self.scheduler, steps, device)
         loop = k22.prior_loop(self.prior, self.scheduler, ts, cond, x, g, generator, self._placement)
         embeds = drive(self, loop, len(ts), callback_on_step_end, inputs)
         self._num_timesteps = len(ts)
@@ -224,6 +234,7 @@ def drive(
     inputs: list[str] | tuple[str, ...] = (),
     legacy: Callable | None = None,
     legacy_steps: int = 1,
+    legacy_per_order: bool = False,
 ) -> Any:
     """Run a core loop to the end with progress and callbacks; what the loop returns (final latents)."""
     result = None
@@ -232,7 +243,9 @@ def drive(
         nonlocal result
         result = yield from loop
 
-    run_with_callbacks(pipe, run(), total, on_step_end, list(inputs or []), legacy, legacy_steps)
+    run_with_callbacks(
+        pipe, run(), total, on_step_end, list(inputs or []), legacy, legacy_steps, legacy_per_order
+    )
     return result
 
 

@@ -86,7 +86,8 @@ class Kandinsky3Pipeline(_Guided, DiffusionPipeline):
                     t.negative_mask = torch.zeros_like(attention_mask)
                 else:
                     neg = checks.check_negative(negative_prompt, [""] * prompt_embeds.shape[0])
-                    e, m = self.prompt_cache.encode(self.tokenizer, self._text_encoder(), neg)
+                    e, m = self.prompt_cache.encode(self.tokenizer, self.text_encoder, neg, self._placement)
+                    self._placement.park(self.text_encoder)
                     t.negative_embeds, t.negative_mask = (
                         e[:, : prompt_embeds.shape[1]],
                         m[:, : prompt_embeds.shape[1]],
@@ -102,12 +103,8 @@ class Kandinsky3Pipeline(_Guided, DiffusionPipeline):
             return k3._expand(t, n, device, dtype)
         prompts = checks.check_prompts("prompt", prompt)
         negs = checks.check_negative(negative_prompt, prompts)
-        return k3.encode_text(self.tokenizer, self._text_encoder(), prompts, negs, n, guided, device, dtype,
-                              self.prompt_cache, cut=cut)  # fmt: skip
-
-    def _text_encoder(self) -> Any:
-        self._placement.use(self.text_encoder)
-        return self.text_encoder
+        return k3.encode_text(self.tokenizer, self.text_encoder, prompts, negs, n, guided, device, dtype,
+                              self.prompt_cache, self._placement, cut=cut)  # fmt: skip
 
     def prepare_latents(self, shape, dtype, device, generator, latents, scheduler) -> torch.Tensor:
         checks.check_latents(latents, tuple(shape))
@@ -156,7 +153,7 @@ class Kandinsky3Pipeline(_Guided, DiffusionPipeline):
              inputs, legacy, legacy_steps) -> torch.Tensor:  # fmt: skip
         self._num_timesteps = len(ts)
         loop = k3.denoise_loop(self.unet, self.scheduler, ts, text, x, scale, generator, self._placement)
-        out = drive(self, loop, len(ts), on_step_end, inputs, legacy, legacy_steps)
+        out = drive(self, loop, len(ts), on_step_end, inputs, legacy, legacy_steps, legacy_per_order=True)
         return x if out is None else out
 
     def _output(self, latents: torch.Tensor, output_type: str, return_dict: bool, raw_pt: bool = True):
@@ -205,10 +202,12 @@ class Kandinsky3Pipeline(_Guided, DiffusionPipeline):
         self._guidance_scale = guidance_scale
         text = self._text(prompt, negative_prompt, prompt_embeds, negative_prompt_embeds, attention_mask,
                           negative_attention_mask, n, guidance_scale > 1, device)  # fmt: skip
+        ts = k22.schedule(
+            self.scheduler, num_inference_steps, device
+        )  # first: set_timesteps sets Euler's sigma
         x = k22.initial_latents(
             shape, generator, device, self.unet.dtype, latents, self.scheduler.init_noise_sigma
         )
-        ts = k22.schedule(self.scheduler, num_inference_steps, device)
         x = self._run(text, x, ts, guidance_scale, generator, callback_on_step_end, callback_on_step_end_tensor_inputs,
                       callback, callback_steps)  # fmt: skip
         return self._output(x, output_type, return_dict)

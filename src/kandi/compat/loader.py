@@ -37,6 +37,7 @@ _K3 = "kandi.compat.kandinsky3"
 PIPELINE_MODULES = {
     "Kandinsky3Pipeline": _K3,
     "Kandinsky5T2IPipeline": "kandi.compat.kandinsky5",
+    "Kandinsky5I2IPipeline": "kandi.compat.kandinsky5",
     "Kandinsky3Img2ImgPipeline": _K3,
     "KandinskyPriorPipeline": _K21,
     "KandinskyPipeline": _K21,

@@ -48,11 +48,10 @@ def choose_model(
     spec = registered(name)
     if spec is not None:
         decoder = getattr(spec, f"{role}_repo")
-        if decoder is None and spec.family in ("k3", "k5"):
-            raise UsageError(
-                f"{spec.name} makes images from text and redraws images (generate, img2img); for {role} use "
-                "--model kandinsky-2.2"
-            )
+        if decoder is None and spec.family in ("k3", "k5", "k5i2i"):
+            does = {"k3": "makes images from text and redraws images (generate, img2img)",
+                    "k5": "makes images from text (generate)", "k5i2i": "edits images after a prompt (img2img)"}  # fmt: skip
+            raise UsageError(f"{spec.name} {does[spec.family]}; for {role} use --model kandinsky-2.2")
         if decoder is None:
             raise UsageError(f"{spec.name} has no {role} decoder: name one with -m REPO")
         return ModelChoice(spec.name, decoder, prior or spec.prior_repo, spec)
@@ -74,7 +73,7 @@ def defaults(spec: ModelSpec | None, family: str | None = None) -> dict[str, Any
     s = spec or REGISTRY[DEFAULT_MODEL]
     d = {"width": s.default_size, "height": s.default_size, "steps": s.default_steps,
          "guidance_scale": s.default_guidance}  # fmt: skip
-    if (family or s.family) not in ("k3", "k31", "k5"):
+    if (family or s.family) not in ("k3", "k31", "k5", "k5i2i"):
         d |= {"prior_steps": s.default_prior_steps, "prior_guidance_scale": s.default_prior_guidance}
     return d
 
@@ -142,7 +141,7 @@ def load(model: ModelChoice, device: torch.device, dtype: torch.dtype, variant: 
                 return replace(model, prior=None), load_for_task(
                     model.spec.name, task, torch_dtype=dtype, **hub
                 ).to(device)
-            if fam == "k5":
+            if fam in ("k5", "k5i2i"):
                 from ..pipelines.k5_tasks import K5Models
 
                 return replace(model, prior=None), K5Models.load(
@@ -196,7 +195,7 @@ def family(models: Any) -> str:
     if isinstance(models, K31Models):
         return "k31"
     if isinstance(models, K5Models):
-        return "k5"
+        return "k5i2i" if models.edits else "k5"
     return "k21" if models.k21 else "k22"
 
 

@@ -95,6 +95,8 @@ def plan(req: Request, limits: Limits | None = None, choose: Chooser = choose_mo
     model = choose(req.model, req.prior, req.recorded, TASKS[task.name].role)
     fam = family or (model.spec.family if model.spec else None)
     _check_family(fam, model.label, task.name)
+    if fam == "k5i2i":
+        _k5_edit(req, task, model.label)
     opts = _options(req, model, task, fam, limits)
     _check_sampler_family(opts.scheduler, fam, model.label)
     p = Plan(task.name, opts, model, task.kwargs, task.inputs, task.fields, task.prior_runs, task.strength,
@@ -194,11 +196,11 @@ def _upscaler_file(name: str, folder: str | None) -> str:
 def _check_sampler_family(name: str | None, fam: str | None, label: str) -> None:
     """Kandinsky 3.1 runs its own samplers and Kandinsky 5 flow matching: a DDPM-family name is refused
     before any model loads (only Euler is correct for a flow model)."""
-    if name is None or fam not in ("k31", "k5"):
+    if name is None or fam not in ("k31", "k5", "k5i2i"):
         return
-    from ..schedulers.names import _find
+    from ..schedulers.names import canonical
 
-    if fam == "k5" and _find(name).name == "Euler":
+    if fam in ("k5", "k5i2i") and canonical(name) == "Euler":
         return
     which = (
         "its own samplers (the original DDIM, or Flash's fixed steps)"
@@ -212,7 +214,25 @@ def _check_family(fam: str | None, label: str | None, task: str) -> None:
     if fam is not None and fam not in TASKS[task].families:
         can = [row.api for row in TASKS.values() if fam in row.families]
         can = list(dict.fromkeys(can))
-        raise RequestError(f"{label} cannot do {TASKS[task].api}; it does: {', '.join(can)}", "model")
+        other = {("k5", "image_to_image"): " (for img2img use kandinsky-5-i2i)",
+                 ("k5i2i", "text_to_image"): " (for txt2img use kandinsky-5)"}.get((fam, task), "")  # fmt: skip
+        raise RequestError(f"{label} cannot do {TASKS[task].api}; it does: {', '.join(can)}{other}", "model")
+
+
+def _k5_edit(req: Request, task: _Task, label: str) -> None:
+    """Kandinsky 5 editing redraws the whole image (no strength) at the source image's own size unless
+    one is given, as Kandinsky5I2IPipeline does (then snapped to the model's sizes)."""
+    strength = task.kwargs.pop("strength", None)
+    task.strength, task.fields = 1.0, {k: v for k, v in task.fields.items() if k != "Denoising strength"}
+    task.fixed = {
+        **task.fixed,
+        "extra": {k: v for k, v in task.fixed.get("extra", {}).items() if k != "strength"},
+    }
+    if req.strength is not None and strength is not None:  # the API bodies always hold one: not an error
+        req.notes.append(
+            f"strength {req.strength} is ignored: {label} redraws the whole image after the prompt"
+        )
+    task.size = task.kwargs["image"].size
 
 
 def _options(
@@ -232,10 +252,10 @@ def _options(
         raise UsageError(f"{_say(req, 'prompt')} is needed{_say(req, 'from-png')}", "prompt")
     opts = GenerationOptions.from_dict(d)
     if opts.scheduler is not None:
-        from ..schedulers.names import _find
+        from ..schedulers.names import canonical
 
         try:
-            _find(opts.scheduler)
+            canonical(opts.scheduler)
         except ValueError as e:
             raise UsageError(f"{req.names.get('scheduler', 'scheduler')}: {e}", "scheduler") from None
     if opts.seed in (None, -1):
@@ -245,7 +265,7 @@ def _options(
     check_prompt(opts.prompt, limits, names=req.names)
     check_prompt(opts.negative_prompt, limits, "negative_prompt", req.names)
     check_limits(limits, width=opts.width, height=opts.height, steps=opts.steps, num_images=opts.num_images,
-                 prior_steps=opts.prior_steps if fam not in ("k3", "k31", "k5") else None, names=req.names)  # fmt: skip
+                 prior_steps=opts.prior_steps if fam not in ("k3", "k31", "k5", "k5i2i") else None, names=req.names)  # fmt: skip
     return opts
 
 

@@ -18,7 +18,6 @@ from .requests import NUMBERS, RequestError, UsageError
 
 A1111_FIELDS = {"Steps": "steps", "CFG scale": "guidance_scale", "Seed": "seed", "Prior steps": "prior_steps",
                 "Prior CFG scale": "prior_guidance_scale"}  # fmt: skip
-SAMPLERS = {"ddim": "ddim", "ddpm": "ddpm"}  # A1111 sampler names kandi's schedulers answer to
 IGNORED = {"Version", "Model hash", "Denoising strength"}  # said elsewhere, or nothing to take
 
 
@@ -87,17 +86,27 @@ def from_parameters(text: str, path: str | Path = "the PNG") -> dict[str, Any]:
         notes.append(f"Size {size!r}")
     sampler = str(p.get("Sampler", "")).strip()
     if sampler:
-        key = sampler.lower()
-        if key in SAMPLERS:
-            opts["scheduler"] = SAMPLERS[key]
-        elif not key.startswith(("ddpm", "ddim")):
-            notes.append(f"Sampler {sampler!r} (the model's own scheduler is used)")
+        from ..schedulers.names import from_a1111
+
+        name, said = from_a1111(sampler, p.get("Schedule type"))
+        if name is not None:
+            opts["scheduler"] = name
+        notes += said
     model = str(p.get("Model", "")).strip()
     spec = registered(model) if model else None
     if spec is not None:
         opts["model"] = spec.name
     elif model:
         notes.append(f"Model {model!r} (not a Kandinsky model kandi knows: the default model is used)")
-    taken = {"Prompt", "Negative prompt", "Size", "Sampler", "Model", *A1111_FIELDS, *IGNORED}
+    taken = {
+        "Prompt",
+        "Negative prompt",
+        "Size",
+        "Sampler",
+        "Schedule type",
+        "Model",
+        *A1111_FIELDS,
+        *IGNORED,
+    }
     notes += [f"{k}: {p[k]}" for k in p if k not in taken]
     return {"command": "generate", "options": opts, "notes": notes, "source": "parameters"}

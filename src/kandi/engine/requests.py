@@ -45,7 +45,7 @@ TASKS: dict[str, TaskRow] = {
     row.name: row
     for row in (
         TaskRow("text_to_image", "generate", "decoder", "txt2img", ("k21", "k22", "k3", "k31", "k5")),
-        TaskRow("image_to_image", "img2img", "decoder", "img2img", ("k21", "k22", "k3", "k31")),
+        TaskRow("image_to_image", "img2img", "decoder", "img2img", ("k21", "k22", "k3", "k31", "k5i2i")),
         TaskRow("inpaint", "inpaint", "inpaint", "inpaint", ("k21", "k22", "k31")),
         TaskRow("outpaint", "inpaint", "inpaint", "inpaint", ("k21", "k22", "k31")),
         TaskRow("mix", "mix", "decoder", "mix", ("k21", "k22")),

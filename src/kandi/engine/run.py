@@ -66,9 +66,9 @@ def sampler_name(models: Any, scheduler: str | None) -> str:
     """A1111's `Sampler`: the sampler asked for by its A1111 name (DPM++ 2M Karras, Euler a...), else the
     model's own scheduler class without `Scheduler` (DDPM)."""
     if scheduler is not None:
-        from ..schedulers.names import _find
+        from ..schedulers.names import canonical
 
-        return _find(scheduler).name
+        return canonical(scheduler)
     if getattr(models, "variant", None) is not None and not hasattr(models, "scheduler"):  # Kandinsky 3.1
         return "Kandinsky Flash" if models.variant == "flash" else "DDIM"
     if type(models.scheduler).__name__ == "FlowMatchEulerDiscreteScheduler":

@@ -23,8 +23,8 @@ log = logging.getLogger(__name__)
 # transformers classes a model_index.json may name. An allowlist: model_index.json is data, and it must
 # not be able to make kandi instantiate arbitrary classes.
 _TRANSFORMERS_OK = re.compile(r"^(CLIP|XLMRoberta|T5|MT5|Qwen2_5_VL)[A-Za-z]*$")
-# Qwen2-VL processors need torchvision in transformers 5 (their video processor); Kandinsky 5 text to
-# image needs the tokenizer only, so these load as AutoTokenizer from the same folder.
+# Qwen2-VL processors need torchvision in transformers 5 (their video processor); Kandinsky 5 needs the
+# tokenizer and the image side only, so these load as kandi's PIL/numpy processor from the same folder.
 _TOKENIZER_ONLY = {"Qwen2VLProcessor", "Qwen2_5_VLProcessor"}
 
 
@@ -46,13 +46,12 @@ def kandi_class(name: str) -> Any | None:
         "VQModel": MoVQ,
         "PriorTransformer": Prior,
         "MultilingualCLIP": MCLIP,
-        "DDPMScheduler": schedulers.DDPMScheduler,
-        "DDIMScheduler": schedulers.DDIMScheduler,
-        "UnCLIPScheduler": schedulers.UnCLIPScheduler,
         "Kandinsky5Transformer3DModel": K5DiT,
         "AutoencoderKL": AutoencoderKL,
         "FlowMatchEulerDiscreteScheduler": FlowMatchEulerDiscreteScheduler,
     }
+    # every scheduler class kandi has, under its diffusers name (a saved pipeline may hold any of them)
+    table |= {n: getattr(schedulers, n) for n in schedulers.__all__ if n.endswith("Scheduler")}
     return table.get(name)
 
 
@@ -97,12 +96,16 @@ def load_component(
             return load_model_from_dir(cls, folder, torch_dtype=torch_dtype, variant=variant)
         return cls.from_pretrained(folder)
     if library == "transformers" and class_name in _TOKENIZER_ONLY:
-        return _load_transformers(folder, "AutoTokenizer", torch_dtype, variant)
+        from ..pipelines.k5_processor import QwenVLProcessor
+
+        return QwenVLProcessor(_load_transformers(folder, "AutoTokenizer", torch_dtype, variant),
+                               QwenVLProcessor.image_processor_of(folder))  # fmt: skip
     if library == "transformers" and _TRANSFORMERS_OK.match(class_name):
         return _load_transformers(folder, class_name, torch_dtype, variant)
     raise CheckpointError(
         f"component {name!r} of {root} is a {library}.{class_name}, which kandi does not support "
-        "(kandi runs the Kandinsky UNet, MoVQ, prior, DDPM/DDIM/UnCLIP schedulers and CLIP/XLM-R/T5 encoders)"
+        "(kandi runs the Kandinsky UNet, MoVQ, prior, DiT, VAE, the schedulers in kandi.schedulers and "
+        "CLIP/XLM-R/T5/Qwen encoders)"
     )
 
 

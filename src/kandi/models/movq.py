@@ -26,6 +26,7 @@ from .layers import (
     merge_heads,
     split_heads,
 )
+from .tiling import TiledAutoencoder
 
 # block type -> whether it carries attention (the only difference between the two types of each side)
 ENCODER_BLOCKS = {"DownEncoderBlock2D": False, "AttnDownEncoderBlock2D": True}
@@ -34,6 +35,13 @@ NORM_TYPES = ("spatial", "group")
 ACTIVATIONS = ("silu", "swish")  # diffusers maps both names to SiLU
 SPATIAL_NORM_GROUPS = 32  # SpatialNorm's GroupNorm ignores norm_num_groups: MoVQ hard-codes 32
 EPS = 1e-6
+# Images (latent size times the MoVQ's factor) with more pixels than this are decoded / encoded in
+# tiles unless tiling is disabled: above 1280x1280. Measured (BENCHMARKS.md, "MoVQ tiling"): an
+# untiled 2.2 decode needs about 4 GB of RSS per megapixel (2.4 GB at 768², 4.2 GB at 1024²; more for
+# Kandinsky 3's twice as wide MoVQ), a tiled one about 1 GB at any size, at 1.5-2x the time and within
+# ~2e-4 mean abs of the whole decode. Up to 1280² (every model's native size, 1024x1536) it stays one
+# pass, equal to diffusers'.
+AUTO_TILE_PIXELS = 1280 * 1280
 
 
 def _refuse(field: str, value: Any, accepted: str) -> ValueError:
@@ -437,11 +445,16 @@ class DecoderOutput(ModelOutput):
     sample: torch.Tensor  # (B, out_channels, H, W)
 
 
-class MoVQ(KandiModel):
-    """The MoVQ autoencoder with diffusers' `VQModel` interface (`encode`, `decode`)."""
+class MoVQ(TiledAutoencoder, KandiModel):
+    """The MoVQ autoencoder with diffusers' `VQModel` interface (`encode`, `decode`).
+
+    Images above AUTO_TILE_PIXELS pixels are encoded and decoded in blended tiles (see
+    `kandi.models.tiling`); `enable_tiling()` tiles any size above one tile, `disable_tiling()` none.
+    """
 
     config_class = MoVQConfig
     diffusers_name = "VQModel"
+    auto_tile_pixels = AUTO_TILE_PIXELS
 
     def __init__(self, config: MoVQConfig):
         super().__init__()
@@ -455,13 +468,20 @@ class MoVQ(KandiModel):
 
     def encode(self, x: torch.Tensor) -> EncoderOutput:
         """Image (B, C, H, W) in [-1, 1] -> unquantised latents (`.latents`)."""
-        return EncoderOutput(latents=self.quant_conv(self.encoder(x)))
+        return EncoderOutput(latents=self.tiled_encode(self._encode, x))
+
+    def _encode(self, x: torch.Tensor) -> torch.Tensor:
+        return self.quant_conv(self.encoder(x))
 
     def decode(self, z: torch.Tensor, force_not_quantize: bool = False) -> DecoderOutput:
         """Latents -> image (`.sample`); snaps z to the codebook first unless `force_not_quantize`."""
-        zq = z if force_not_quantize else self.quantize(z)
+        zq = z if force_not_quantize else self.quantize(z)  # per pixel: the same whole or in tiles
+        return DecoderOutput(sample=self.tiled_decode(self._decode_quantized, zq))
+
+    def _decode_quantized(self, zq: torch.Tensor) -> torch.Tensor:
+        # a tile's norms are conditioned on its own crop of zq: the tile is decoded as a whole image
         cond = zq if self.config.norm_type == "spatial" else None
-        return DecoderOutput(sample=self.decoder(self.post_quant_conv(zq), cond))
+        return self.decoder(self.post_quant_conv(zq), cond)
 
     def forward(self, sample: torch.Tensor) -> DecoderOutput:
         """Round trip: encode, quantise, decode."""

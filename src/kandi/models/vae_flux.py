@@ -17,6 +17,7 @@ from torch import nn
 from ..schedulers.noise import randn
 from .layers import KandiModel, ModelOutput, config_int, config_ints
 from .movq import ACTIVATIONS, DECODER_BLOCKS, ENCODER_BLOCKS, EPS, MidBlock, ResAttnStack
+from .tiling import TiledAutoencoder
 
 
 def _refuse(field: str, value: Any, accepted: str) -> ValueError:
@@ -181,15 +182,17 @@ class DecoderOutput(ModelOutput):
     sample: torch.Tensor
 
 
-class AutoencoderKL(KandiModel):
+class AutoencoderKL(TiledAutoencoder, KandiModel):
     """The FLUX VAE with diffusers' `AutoencoderKL` interface (`encode().latent_dist`, `decode().sample`).
 
-    `tile_size` (latent pixels; None: never) decodes large latents in overlapping tiles blended linearly,
-    so the decoder's activations stay bounded at any image size.
+    `enable_tiling(tile_size=64, overlap=8)` (latent pixels) encodes and decodes large images in
+    overlapping tiles blended linearly (`kandi.models.tiling`), so the activations stay bounded at any
+    image size; off unless enabled.
     """
 
     config_class = VAEConfig
     diffusers_name = "AutoencoderKL"
+    tile_latent_overlap = 8
 
     def __init__(self, config: VAEConfig):
         super().__init__()
@@ -199,22 +202,13 @@ class AutoencoderKL(KandiModel):
         lat = config.latent_channels
         self.quant_conv = nn.Conv2d(2 * lat, 2 * lat, 1) if config.use_quant_conv else None
         self.post_quant_conv = nn.Conv2d(lat, lat, 1) if config.use_post_quant_conv else None
-        self.tile_size: int | None = None
-        self.tile_overlap = 8
-
-    def enable_tiling(self, tile_size: int = 64, overlap: int = 8) -> None:
-        if overlap * 2 >= tile_size:
-            raise ValueError(f"tile overlap {overlap} must be under half the tile size {tile_size}")
-        self.tile_size, self.tile_overlap = tile_size, overlap
-
-    def disable_tiling(self) -> None:
-        self.tile_size = None
 
     def encode(self, x: torch.Tensor) -> EncoderOutput:
+        return EncoderOutput(latent_dist=DiagonalGaussian(self.tiled_encode(self._encode, x)))
+
+    def _encode(self, x: torch.Tensor) -> torch.Tensor:
         h = self.encoder(x)
-        if self.quant_conv is not None:
-            h = self.quant_conv(h)
-        return EncoderOutput(latent_dist=DiagonalGaussian(h))
+        return h if self.quant_conv is None else self.quant_conv(h)
 
     def _decode(self, z: torch.Tensor) -> torch.Tensor:
         if self.post_quant_conv is not None:
@@ -223,43 +217,7 @@ class AutoencoderKL(KandiModel):
 
     def decode(self, z: torch.Tensor) -> DecoderOutput:
         """Latents (B, latent, h, w) -> images (B, 3, h * f, w * f) in about [-1, 1]."""
-        t = self.tile_size
-        if t is None or (z.shape[-2] <= t and z.shape[-1] <= t):
-            return DecoderOutput(sample=self._decode(z))
-        return DecoderOutput(sample=self._decode_tiled(z, t, self.tile_overlap))
-
-    def _decode_tiled(self, z: torch.Tensor, tile: int, overlap: int) -> torch.Tensor:
-        f = self.config.scale_factor
-        b, _, h, w = z.shape
-        out = torch.zeros(b, self.config.out_channels, h * f, w * f, device=z.device, dtype=torch.float32)
-        weight = torch.zeros(1, 1, h * f, w * f, device=z.device, dtype=torch.float32)
-        stride = tile - overlap
-        for y in _starts(h, tile, stride):
-            for x in _starts(w, tile, stride):
-                piece = self._decode(z[:, :, y : y + tile, x : x + tile]).float()
-                ramp = _ramp(piece.shape[-2], piece.shape[-1], overlap * f, y > 0, x > 0, z.device)
-                out[:, :, y * f : y * f + piece.shape[-2], x * f : x * f + piece.shape[-1]] += piece * ramp
-                weight[:, :, y * f : y * f + piece.shape[-2], x * f : x * f + piece.shape[-1]] += ramp
-        return (out / weight).to(z.dtype)
+        return DecoderOutput(sample=self.tiled_decode(self._decode, z))
 
     def forward(self, sample: torch.Tensor) -> DecoderOutput:
         return self.decode(self.encode(sample).latent_dist.mode())
-
-
-def _starts(size: int, tile: int, stride: int) -> list[int]:
-    """Tile origins covering [0, size): every `stride`, the last one flush with the end."""
-    if size <= tile:
-        return [0]
-    starts = list(range(0, size - tile, stride))
-    return starts + [size - tile]
-
-
-def _ramp(h: int, w: int, n: int, top: bool, left: bool, device: torch.device) -> torch.Tensor:
-    """Blend weights: rising linearly over the first n rows/columns where a tile overlaps its neighbour."""
-    ry = torch.ones(h, device=device)
-    rx = torch.ones(w, device=device)
-    if top:
-        ry[:n] = torch.linspace(1 / (n + 1), n / (n + 1), n, device=device)
-    if left:
-        rx[:n] = torch.linspace(1 / (n + 1), n / (n + 1), n, device=device)
-    return ry[:, None] * rx[None, :]

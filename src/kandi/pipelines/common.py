@@ -74,6 +74,13 @@ class Placement:
         module.to(self.device)
         self._current = module
 
+    def park(self, module: nn.Module | None) -> None:
+        """Under model offload, move `module` back to the CPU now: it will not run again in this call
+        (Kandinsky 3's T5 once the prompt is encoded), so its memory is free for the next model."""
+        if self.mode == "model" and module is not None and module is self._current:
+            module.to("cpu")
+            self._current = None
+
     def release(self) -> None:
         """After a call: under model offload, nothing stays on the accelerator."""
         if self.mode == "model" and self._current is not None:

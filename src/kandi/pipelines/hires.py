@@ -23,8 +23,8 @@ from .k22 import (
     decoder_job,
     decoder_loop,
     encode_decoder_text,
+    img2img_start,
     initial_latents,
-    k21_noised_latents,
     noised_latents,
     schedule,
     steps_run,
@@ -156,11 +156,7 @@ def _k22_one(m: Any, opts: Any, hires: HiresOptions, g: torch.Generator, k: int,
         if not len(ts):
             x = x0
         else:
-            if m.k21:
-                sigma, nt = scheduler.init_noise_sigma, scheduler.config.num_train_timesteps
-                start = k21_noised_latents(x0, hires.strength, nt, sigma, g)
-            else:
-                start = noised_latents(scheduler, x0, ts, g)[0]
+            start = img2img_start(scheduler, x0, ts, hires.strength, g, m.k21)
             loop = decoder_loop(m.unet, scheduler, ts, emb, neg, start, opts.guidance_scale, g, m.placement,
                                 text=inputs.get("text"))  # fmt: skip
             x = yield from _progress(loop, "hires", k, n)
@@ -177,9 +173,9 @@ def _k22_one(m: Any, opts: Any, hires: HiresOptions, g: torch.Generator, k: int,
 
 def _k3_one(m: Any, opts: Any, hires: HiresOptions, g: torch.Generator, k: int, n: int):
     text, scheduler = k3_tasks._text(m, opts), _decoder_scheduler(m.scheduler, opts.scheduler)
+    ts = schedule(scheduler, opts.steps, m.device)  # before init_noise_sigma: set_timesteps changes it
     x = initial_latents(k3.latent_shape(1, opts.height, opts.width), g, m.device, m.unet.dtype, None,
                         scheduler.init_noise_sigma)  # fmt: skip
-    ts = schedule(scheduler, opts.steps, m.device)
     x = yield from _progress(k3.denoise_loop(m.unet, scheduler, ts, text, x, opts.guidance_scale, g, m.placement),
                              "decoder", k, n)  # fmt: skip
     sf = 2 ** (len(m.movq.config.block_out_channels) - 1)

@@ -354,6 +354,23 @@ def noised_latents(
     return scheduler.add_noise(latents, noise, t), noise
 
 
+def img2img_start(
+    scheduler: Any, x0: torch.Tensor, ts: torch.Tensor, strength: float, generator: Generator, k21: bool
+) -> torch.Tensor:
+    """The first latents of an img2img run over `ts`: the image latents `x0` noised to `ts[0]`.
+
+    2.1 noises with the original repo's table (as diffusers) when the sampler works in that
+    variance-preserving space (init_noise_sigma 1); a sigma sampler (Euler, ...) expects x0 + sigma * noise
+    at its first sigma, which only its own add_noise gives.
+    """
+    if not len(ts):
+        return x0
+    if k21 and float(scheduler.init_noise_sigma) == 1.0:
+        num_train = scheduler.config.num_train_timesteps
+        return k21_noised_latents(x0, strength, num_train, 1.0, generator)
+    return noised_latents(scheduler, x0, ts, generator)[0]
+
+
 def _k21_alphas_cumprod() -> torch.Tensor:
     # the original 2.1 repo's q_sample table (linear betas 1e-4..0.02), which diffusers' 2.1 img2img keeps
     return torch.cumprod(1.0 - torch.linspace(0.0001, 0.02, 1000, dtype=torch.float32), dim=0)
@@ -441,21 +458,17 @@ def decoder_job(
         grown = grow_repaint(F.interpolate(keep.to(device, known.dtype), known.shape[-2:], mode="nearest"))
         known, grown = per_latent(known, "image"), per_latent(grown, "mask")
         ts = schedule(scheduler, steps, device, strength)
-        x = initial_latents(shape, generator, device, dtype, latents, scheduler.init_noise_sigma)
-        noise = x.clone()
+        # unit noise: the start is it scaled by init_noise_sigma, but add_noise takes it as drawn (diffusers
+        # re-noises with the scaled copy, ~14.6x too much for sigma samplers such as Euler)
+        noise = initial_latents(shape, generator, device, dtype, latents, 1.0)
+        x = noise * scheduler.init_noise_sigma
         if strength < 1:  # start from the image noised to the first step (as img2img), or the image itself
             x = scheduler.add_noise(known, noise, ts[:1].repeat(shape[0])) if len(ts) else known.expand(shape)
         inpaint = Inpaint(known.to(x.dtype), grown.to(x.dtype), noise, reinject=not k21)
     elif image is not None:
         x0 = match_batch(encode(movq, image.to(device), placement), b, "image").repeat_interleave(n, dim=0)
         ts = schedule(scheduler, steps, device, strength)
-        if not len(ts):
-            x = x0
-        elif k21:
-            num_train, sigma = scheduler.config.num_train_timesteps, scheduler.init_noise_sigma
-            x = k21_noised_latents(x0, strength, num_train, sigma, generator)
-        else:
-            x = noised_latents(scheduler, x0, ts, generator)[0]
+        x = img2img_start(scheduler, x0, ts, strength, generator, k21)
     else:
         ts = schedule(scheduler, steps, device)
         x = initial_latents(shape, generator, device, dtype, latents, scheduler.init_noise_sigma)

@@ -332,9 +332,11 @@ def _prior(m: K22Models, opts: Any, g: torch.Generator, device: torch.device) ->
     guided = opts.prior_guidance_scale > 1
     m.placement.use(m.text_encoder)
     cond = encode_prior_text(m.tokenizer, m.text_encoder, texts, uncond, 1, guided, device)
+    ts = schedule(
+        m.prior_scheduler, opts.prior_steps, device
+    )  # before init_noise_sigma (set_timesteps sets it)
     x = initial_latents((len(texts), m.prior.config.embedding_dim), g, device, cond.prompt_embeds.dtype, None,
                         m.prior_scheduler.init_noise_sigma)  # fmt: skip
-    ts = schedule(m.prior_scheduler, opts.prior_steps, device)
     loop = prior_loop(m.prior, m.prior_scheduler, ts, cond, x, opts.prior_guidance_scale, g, m.placement)
     for s in loop:
         yield s

@@ -55,13 +55,18 @@ class PromptCache:
         self._lock = threading.Lock()  # the server runs requests in several threads
 
     def encode(
-        self, tokenizer: Any, text_encoder: Any, prompts: list[str]
+        self, tokenizer: Any, text_encoder: Any, prompts: list[str], placement: Placement | None = None
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """(embeds (B, 128, D), mask (B, 128)) on the encoder's device, padding rows zeroed."""
-        enc_key = (id(text_encoder), text_encoder.dtype, str(text_encoder.device))
+        """(embeds (B, 128, D), mask (B, 128)) on the device the encoder runs on, padding rows zeroed.
+        Under model offload the encoder is moved to the device only when a prompt is not cached."""
+        offloaded = placement is not None and placement.mode == "model"
+        device = placement.device if offloaded else text_encoder.device  # where it runs, parked or not
+        enc_key = (id(text_encoder), text_encoder.dtype, str(device))
         with self._lock:
             missing = list(dict.fromkeys(p for p in prompts if (enc_key, p) not in self._rows))
             if missing:
+                if placement is not None:
+                    placement.use(text_encoder)
                 embeds, mask = _t5(tokenizer, text_encoder, missing)
                 for i, p in enumerate(missing):
                     self._rows[(enc_key, p)] = (embeds[i], mask[i])
@@ -105,11 +110,24 @@ def encode_text(
     cut: bool = True,
 ) -> K3Text:
     """Conditioning for `prompts` (each repeated `n` times), on `device` in `dtype` (the UNet's); `cut`
-    keeps only the longest prompt's tokens + 1 (the generation's saving), else all 128 padded tokens."""
+    keeps only the longest prompt's tokens + 1 (the generation's saving), else all 128 padded tokens.
+
+    Under model offload (`placement`) the T5 comes onto the device only for prompts not in `cache`, and
+    goes back to the CPU as soon as they are encoded: the UNet then never shares the device with it.
+    """
     cache = cache or PromptCache(0)
-    if placement:
-        placement.use(text_encoder)
-    embeds, mask = cache.encode(tokenizer, text_encoder, prompts)
+    try:
+        return _encode_text(tokenizer, text_encoder, prompts, negative, n, guided, device, dtype, cache,
+                            placement, cut)  # fmt: skip
+    finally:
+        if placement is not None:
+            placement.park(text_encoder)
+
+
+def _encode_text(tokenizer: Any, text_encoder: Any, prompts: list[str], negative: list[str] | None, n: int,
+                 guided: bool, device: torch.device, dtype: torch.dtype, cache: PromptCache,
+                 placement: Placement | None, cut: bool) -> K3Text:  # fmt: skip
+    embeds, mask = cache.encode(tokenizer, text_encoder, prompts, placement)
     if cut:
         embeds, mask = _cut(embeds, mask)
     out = K3Text(embeds, mask)
@@ -117,7 +135,7 @@ def encode_text(
         if negative is None:  # diffusers: all-zero embedding and mask (not the encoding of "")
             out.negative_embeds, out.negative_mask = torch.zeros_like(embeds), torch.zeros_like(mask)
         else:
-            neg, nmask = cache.encode(tokenizer, text_encoder, negative)
+            neg, nmask = cache.encode(tokenizer, text_encoder, negative, placement)
             length = embeds.shape[1]  # cut to the prompts' length
             out.negative_embeds, out.negative_mask = neg[:, :length], nmask[:, :length]
     return _expand(out, n, device, dtype)

@@ -8,6 +8,7 @@ Latents are channels-last (B, 1, H/8, W/8, 16) for the DiT and scaled by the VAE
 
 from __future__ import annotations
 
+import hashlib
 import html
 import logging
 import re
@@ -16,6 +17,8 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
+import PIL.Image
 import torch
 
 from ..schedulers.flow_match import FlowMatchEulerDiscreteScheduler
@@ -29,6 +32,14 @@ T2I_TEMPLATE = (
     "<|im_start|>user\n{}<|im_end|>"
 )
 T2I_START = 40  # template tokens before the prompt, dropped from the hidden states
+# editing: the source image sits in the user turn after the prompt (diffusers' Kandinsky5I2IPipeline)
+I2I_TEMPLATE = (
+    "<|im_start|>system\nYou are a prompt engineer. Based on the provided source image (first image) and "
+    "target image (second image), create an interesting text prompt that can be used together with the source "
+    "image to create the target image:<|im_end|><|im_start|>user{}<|vision_start|><|image_pad|><|vision_end|>"
+    "<|im_end|>"
+)
+I2I_START = 54
 RESOLUTIONS = [(1024, 1024), (640, 1408), (1408, 640), (768, 1280), (1280, 768), (896, 1152), (1152, 896)]
 VAE_SCALE = 8  # the FLUX VAE's spatial factor, fixed in the released pipelines
 LATENT_CHANNELS = 16
@@ -129,10 +140,13 @@ class PromptCache:
 
     def __init__(self, size: int = 32) -> None:
         self.size = size
-        self._items: OrderedDict[tuple[str, int], K5Text] = OrderedDict()
+        self._items: OrderedDict[tuple[str, int, str], K5Text] = OrderedDict()
 
-    def encode(self, encode: Callable[[list[str]], K5Text], prompt: str, max_len: int) -> K5Text:
-        key = (prompt, max_len)
+    def encode(
+        self, encode: Callable[[list[str]], K5Text], prompt: str, max_len: int, extra: str = ""
+    ) -> K5Text:
+        """`extra` keys what else the encoding depends on (editing: the source image's digest)."""
+        key = (prompt, max_len, extra)
         if key in self._items:
             self._items.move_to_end(key)
             return self._items[key]
@@ -159,9 +173,15 @@ def velocity(dit: Any, x: torch.Tensor, text: K5Text, t: torch.Tensor, dtype: to
 
 @dataclass
 class K5Step:
+    """One finished step; the caller may replace the latents, the text conditioning and (editing) the
+    image condition for the steps that follow."""
+
     index: int
     timestep: torch.Tensor
     latents: torch.Tensor
+    cond: K5Text | None = None  # what the next step reads: a step callback may replace any of these
+    uncond: K5Text | None = None
+    image: torch.Tensor | None = None  # editing: the visual condition (source latents and mask)
 
 
 def denoise(
@@ -174,7 +194,8 @@ def denoise(
     steps: int,
     image_cond: torch.Tensor | None = None,
 ) -> Iterator[K5Step]:
-    """Euler steps over the scheduler's sigmas; yields after each step (the caller may replace latents).
+    """Euler steps over the scheduler's sigmas; yields after each step (the caller may replace the
+    latents and the conditioning, as diffusers' step callbacks may; `uncond` None turns guidance off).
 
     `image_cond` (B, 1, h, w, 17) for editing: the encoded source image and a ones mask, appended to
     the DiT input channels at every step.
@@ -182,16 +203,16 @@ def denoise(
     dtype = dit.dtype
     scheduler.set_timesteps(steps, device=latents.device)
     for i, t in enumerate(scheduler.timesteps):
-        x = latents if image_cond is None else torch.cat([latents, image_cond], -1)
+        x = latents if image_cond is None else torch.cat([latents, image_cond.to(latents.dtype)], -1)
         tt = t.repeat(latents.shape[0])
         v = velocity(dit, x, cond, tt, dtype)
         if uncond is not None:
             vu = velocity(dit, x, uncond, tt, dtype)
             v = vu + guidance_scale * (v - vu)
         latents = scheduler.step(v, t, latents, return_dict=False)[0]
-        step = K5Step(i, t, latents)
+        step = K5Step(i, t, latents, cond, uncond, image_cond)
         yield step
-        latents = step.latents
+        latents, cond, uncond, image_cond = step.latents, step.cond, step.uncond, step.image
 
 
 def decode(vae: Any, latents: torch.Tensor) -> torch.Tensor:
@@ -202,3 +223,74 @@ def decode(vae: Any, latents: torch.Tensor) -> torch.Tensor:
 
 def noise(batch: int, height: int, width: int, generator: Any, device: torch.device, dtype: torch.dtype):
     return randn(latent_shape(batch, height, width), generator=generator, device=device, dtype=dtype)
+
+
+# ------------------------------------------------------------------------------------------ editing
+
+
+def qwen_view(image: PIL.Image.Image) -> PIL.Image.Image:
+    """The source image as Qwen2.5-VL sees it: halved (PIL's default filter), as diffusers does."""
+    return image.resize((image.width // 2, image.height // 2))
+
+
+def image_digest(image: PIL.Image.Image) -> str:
+    """What the prompt cache keys an edit's encoding by: the image Qwen sees, bytes and size."""
+    return hashlib.sha256(image.tobytes() + repr(image.size).encode()).hexdigest()
+
+
+def _fit_edit(processor: Any, prompt: str, image: PIL.Image.Image, max_len: int) -> str:
+    """The prompt cut (by tokens, from its end) until template + image tokens + prompt fit I2I_START +
+    max_len. diffusers cuts the end of the whole template instead, which drops the image's tokens."""
+
+    def size(p: str) -> int:
+        ids = processor(text=[I2I_TEMPLATE.format(p)], images=[image], videos=None)["input_ids"]
+        return int(ids.shape[-1])
+
+    limit, kept = I2I_START + max_len, prompt
+    ids = processor.tokenizer(prompt, add_special_tokens=False)["input_ids"]
+    while size(kept) > limit:
+        if not ids:
+            need = size("") - I2I_START
+            raise ValueError(
+                f"max_sequence_length={max_len} is too small for this source image: the template and the "
+                f"image's tokens alone take {need}; pass at least {need}, or a smaller image"
+            )
+        ids = ids[: max(0, len(ids) - (size(kept) - limit))]
+        kept = processor.tokenizer.decode(ids)
+    if kept != prompt:
+        log.warning("prompt truncated to max_sequence_length=%d tokens; dropped: %s", max_len,
+                    prompt[len(kept):])  # fmt: skip
+    return kept
+
+
+@torch.no_grad()
+def encode_qwen_edit(
+    processor: Any, text_encoder: Any, prompts: list[str], image: PIL.Image.Image, max_len: int,
+    device: torch.device,
+) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
+    """Qwen2.5-VL last hidden states of the editing template (the prompt, then the halved source image)
+    after its first I2I_START tokens, and their counts."""
+    view = qwen_view(image)
+    texts = [I2I_TEMPLATE.format(_fit_edit(processor, p, view, max_len)) for p in prompts]
+    enc = processor(text=texts, images=[view] * len(texts), videos=None, max_length=I2I_START + max_len,
+                    truncation=True, return_tensors="pt", padding=True).to(device)  # fmt: skip
+    out = text_encoder(**enc, return_dict=True, output_hidden_states=True)
+    return out["hidden_states"][-1][:, I2I_START:], enc["attention_mask"][:, I2I_START:].sum(1)
+
+
+def vae_pixels(images: list[PIL.Image.Image], height: int, width: int) -> torch.Tensor:
+    """RGB images -> (B, 3, height, width) in [-1, 1], resized Lanczos as diffusers' VaeImageProcessor."""
+    arr = [
+        np.array(i.resize((width, height), resample=PIL.Image.LANCZOS)).astype(np.float32) / 255.0
+        for i in images
+    ]
+    return 2.0 * torch.from_numpy(np.stack(arr).transpose(0, 3, 1, 2)) - 1.0
+
+
+@torch.no_grad()
+def image_condition(vae: Any, pixels: torch.Tensor, generator: Any) -> torch.Tensor:
+    """The DiT's visual condition (B, 1, h, w, C + 1): a sample of the VAE posterior of the source image
+    (drawn with `generator` after the noise, as diffusers), times the scaling factor, and a ones mask."""
+    z = vae.encode(pixels.to(vae.device, vae.dtype)).latent_dist.sample(generator=generator)
+    z = (z * vae.config.scaling_factor).permute(0, 2, 3, 1)[:, None]  # (B, C, h, w) -> (B, 1, h, w, C)
+    return torch.cat([z, torch.ones_like(z[..., :1])], -1)

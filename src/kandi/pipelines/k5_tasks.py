@@ -6,6 +6,11 @@ Same protocol as `k3_tasks`: models loaded once, `GenerationOptions` in, `Progre
 checkpoint's flow-match Euler (`opts.scheduler` None, "euler" or "flow-euler"): DDPM/DDIM are not
 correct for a flow-matching model and are refused. Text encoders are moved back after encoding under
 model offload (`placement`), and prompt encodings are cached across requests.
+
+The editing model (kandinsky-5-i2i: a DiT with `visual_cond`) makes `image_to_image` as
+`Kandinsky5I2IPipeline` does (the source image in the Qwen prompt and as the DiT's visual condition,
+the whole image redrawn: there is no strength); the text-to-image model cannot edit, and the editing
+model needs an image.
 """
 
 from __future__ import annotations
@@ -16,8 +21,9 @@ from typing import Any
 
 import torch
 
-from . import k5
+from . import images, k5
 from .common import Placement, to_output
+from .k5_processor import QwenVLProcessor
 from .k22_tasks import Progress, Result, _each_seed
 
 PARTS = ("transformer", "vae", "text_encoder", "tokenizer", "text_encoder_2", "tokenizer_2", "scheduler")
@@ -49,7 +55,9 @@ class K5Models:
         root = resolve_repo_dir(repo, variant=variant, **hub)
         parts = load_components(root, read_model_index(root), list(PARTS), {}, torch_dtype=torch_dtype,
                                 variant=variant)  # fmt: skip
-        return cls(**parts, placement=Placement())
+        m = cls(**parts, placement=Placement())
+        m.max_sequence_length = 1024 if m.edits else 512  # the pipelines' defaults (the image takes tokens)
+        return m
 
     def modules(self) -> list[torch.nn.Module]:
         return [self.text_encoder, self.text_encoder_2, self.transformer, self.vae]
@@ -63,6 +71,11 @@ class K5Models:
     def device(self) -> torch.device:
         return self.placement.execution_device([self.transformer])
 
+    @property
+    def edits(self) -> bool:
+        """The editing model (its DiT takes the source image's latents and a mask as more channels)."""
+        return bool(self.transformer.config.visual_cond)
+
 
 def check_sampler(name: str | None) -> None:
     if name is not None and name.lower() not in SAMPLERS:
@@ -72,12 +85,20 @@ def check_sampler(name: str | None) -> None:
         )
 
 
-def _text(m: K5Models, prompt: str) -> k5.K5Text:
+def _text(m: K5Models, prompt: str, image: Any = None) -> k5.K5Text:
+    """The prompt's encoding (cached); editing: with the source image in the Qwen template."""
+
     def encode(prompts: list[str]) -> k5.K5Text:
         m.placement.use(m.text_encoder)
         dev = next(m.text_encoder.parameters()).device
-        states, lengths = k5.encode_qwen(getattr(m.tokenizer, "tokenizer", m.tokenizer), m.text_encoder, prompts,
-                                         m.max_sequence_length, dev)  # fmt: skip
+        tok = getattr(m.tokenizer, "tokenizer", m.tokenizer)
+        if image is None:
+            states, lengths = k5.encode_qwen(tok, m.text_encoder, prompts, m.max_sequence_length, dev)
+        else:
+            proc = m.tokenizer if hasattr(m.tokenizer, "image_processor") else QwenVLProcessor(tok)
+            states, lengths = k5.encode_qwen_edit(
+                proc, m.text_encoder, prompts, image, m.max_sequence_length, dev
+            )
         m.placement.use(m.text_encoder_2)
         pooled = k5.encode_clip(
             m.tokenizer_2, m.text_encoder_2, prompts, next(m.text_encoder_2.parameters()).device
@@ -85,39 +106,74 @@ def _text(m: K5Models, prompt: str) -> k5.K5Text:
         out, dtype = m.device, m.transformer.dtype
         return k5.K5Text(states.to(out, dtype), pooled.to(out, dtype), lengths.to(out))
 
-    return m.cache.encode(encode, k5.clean_prompt(prompt), m.max_sequence_length)
+    digest = "" if image is None else k5.image_digest(image)
+    return m.cache.encode(encode, k5.clean_prompt(prompt), m.max_sequence_length, digest)
 
 
 @torch.no_grad()
 def text_to_image(m: K5Models, opts: Any) -> Iterator[Progress | Result]:
     """Images for `opts` (a GenerationOptions), seed, seed+1, ... each (as Kandinsky5T2IPipeline)."""
     check_sampler(opts.scheduler)
+    if m.edits:
+        raise ValueError(
+            "kandinsky-5-i2i edits images: give it an image (img2img), or use kandinsky-5 for text to image"
+        )
     width, height = k5.snap_size(opts.width, opts.height, m.resolutions)
-    guided = opts.guidance_scale > 1.0
 
     def one(g: torch.Generator, k: int, n: int):
-        cond = _text(m, opts.prompt)
-        uncond = _text(m, opts.negative_prompt or "") if guided else None
-        m.placement.use(m.transformer)
         x = k5.noise(1, height, width, g, m.device, m.transformer.dtype)
-        loop = k5.denoise(m.transformer, m.scheduler, x, cond, uncond, opts.guidance_scale, opts.steps)
-        for step in loop:
-            x = step.latents
-            yield Progress("decoder", step.index + 1, opts.steps, k, n)
-        m.placement.use(m.vae)
-        out = to_output(k5.decode(m.vae, x.to(m.vae.device)), "pil", raw_pt=False)
-        m.placement.release()
-        return out
+        return (yield from _denoise(m, opts, x, None, None, k, n))
+
+    yield from _each_seed(opts, one)
+
+
+def _denoise(m: K5Models, opts: Any, x: torch.Tensor, visual: Any, image: Any, k: int, n: int):
+    """The encoded prompts (after the noise is drawn, as the pipelines), the steps, the decoded image."""
+    cond = _text(m, opts.prompt, image)
+    uncond = _text(m, opts.negative_prompt or "", image) if opts.guidance_scale > 1.0 else None
+    m.placement.use(m.transformer)
+    visual = visual() if callable(visual) else visual
+    loop = k5.denoise(m.transformer, m.scheduler, x, cond, uncond, opts.guidance_scale, opts.steps, visual)
+    for step in loop:
+        x = step.latents
+        yield Progress("decoder", step.index + 1, opts.steps, k, n)
+    m.placement.use(m.vae)
+    out = to_output(k5.decode(m.vae, x.to(m.vae.device)), "pil", raw_pt=False)
+    m.placement.release()
+    return out
+
+
+@torch.no_grad()
+def image_to_image(m: K5Models, opts: Any, image: Any) -> Iterator[Progress | Result]:
+    """`image` edited after the prompt at opts' size (snapped to the model's sizes), seed, seed+1, ... each
+    as Kandinsky5I2IPipeline makes it with that seed's generator."""
+    check_sampler(opts.scheduler)
+    if not m.edits:
+        raise ValueError(
+            "kandinsky-5 makes images from text: for img2img use the editing model kandinsky-5-i2i"
+        )
+    source = images.as_pil(image, "image")
+    width, height = k5.snap_size(opts.width, opts.height, m.resolutions)
+    pixels = k5.vae_pixels([source], height, width)
+
+    def one(g: torch.Generator, k: int, n: int):
+        x = k5.noise(1, height, width, g, m.device, m.transformer.dtype)
+
+        def visual() -> torch.Tensor:  # the VAE draws from g after the noise, as the pipeline
+            m.placement.use(m.vae)
+            return k5.image_condition(m.vae, pixels, g).to(m.device, m.transformer.dtype)
+
+        return (yield from _denoise(m, opts, x, visual, source, k, n))
 
     yield from _each_seed(opts, one)
 
 
 def unsupported(m: K5Models, opts: Any, *args: Any, **kwargs: Any) -> Iterator[Progress | Result]:
     raise ValueError(
-        "kandinsky-5 makes images from text; image editing (img2img with kandinsky-5-i2i) is not wired yet, and "
-        "inpainting, outpainting, mixing and ControlNet are Kandinsky 2.2 tasks"
+        "Kandinsky 5 makes images from text (kandinsky-5) and edits them after a prompt (img2img with "
+        "kandinsky-5-i2i); inpainting, outpainting, mixing and ControlNet are Kandinsky 2.2 tasks"
     )
     yield  # pragma: no cover  (a generator, like the other tasks)
 
 
-image_to_image = inpaint = outpaint = mix = controlnet = unsupported
+inpaint = outpaint = mix = controlnet = unsupported

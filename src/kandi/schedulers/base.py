@@ -117,7 +117,7 @@ class SchedulerBase:
     def _register(self, values: dict[str, Any]) -> None:
         """Store the config; keys still at their default are listed as diffusers does."""
         defaults = self._init_defaults()
-        defaulted = [k for k, v in values.items() if _jsonable(v) == defaults[k]]
+        defaulted = [k for k, v in values.items() if _jsonable(v) == _jsonable(defaults[k])]
         self._set_config({k: _jsonable(v) for k, v in values.items()}, defaulted, {}, DIFFUSERS_VERSION)
 
     def _set_config(

@@ -12,7 +12,7 @@ from torch import Generator, Tensor
 
 from .base import SchedulerOutput
 from .common import check_choice, dynamic_threshold
-from .euler import SigmaScheduler, karras_sigmas, sigma_to_t
+from .euler import SigmaScheduler, exponential_sigmas, karras_sigmas, sigma_to_t
 from .noise import randn
 from .schedules import check_num_steps, make_betas
 
@@ -154,17 +154,13 @@ class DPMSolverMultistepScheduler(SigmaScheduler):
         check_choice("final_sigmas_type", final_sigmas_type, ("zero", "sigma_min"))
         if solver_order not in (1, 2, 3):
             raise ValueError(f"solver_order={solver_order} is not supported; choose 1, 2 or 3")
-        if (
-            use_exponential_sigmas
-            or use_beta_sigmas
-            or use_lu_lambdas
-            or use_flow_sigmas
-            or use_dynamic_shifting
-        ):
+        if use_beta_sigmas or use_lu_lambdas or use_flow_sigmas or use_dynamic_shifting:
             raise ValueError(
-                "DPMSolverMultistepScheduler supports linear and Karras sigmas only (not exponential, beta, "
+                "DPMSolverMultistepScheduler supports linear, Karras and exponential sigmas only (not beta, "
                 "Lu lambdas, flow sigmas or dynamic shifting)"
             )
+        if use_karras_sigmas and use_exponential_sigmas:
+            raise ValueError("only one of use_karras_sigmas and use_exponential_sigmas can be True")
         self._register({k: v for k, v in locals().items() if k not in ("self", "__class__")})
         betas = make_betas(
             beta_schedule, num_train_timesteps, beta_start, beta_end, trained_betas, rescale_betas_zero_snr
@@ -196,6 +192,9 @@ class DPMSolverMultistepScheduler(SigmaScheduler):
             ts = np.array([sigma_to_t(s, np.log(table)) for s in sigmas])
             if cfg.beta_schedule != "squaredcos_cap_v2":
                 ts = ts.round()
+        elif cfg.use_exponential_sigmas:  # unrounded: the int64 cast below truncates, as in diffusers
+            sigmas = exponential_sigmas(np.flip(table).copy(), num_inference_steps, None, None)
+            ts = np.array([sigma_to_t(s, np.log(table)) for s in sigmas])
         else:
             sigmas = np.interp(ts, np.arange(0, len(table)), table)
         last_sigma = ((1 - ac[0]) / ac[0]) ** 0.5 if cfg.final_sigmas_type == "sigma_min" else 0

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import torch
 from torch import Generator, Tensor
@@ -57,6 +59,13 @@ def karras_sigmas(sigmas: np.ndarray, steps: int, lo: float | None, hi: float | 
     hi = float(sigmas[0]) if hi is None else hi
     ramp = np.linspace(0, 1, steps)
     return (hi ** (1 / 7) + ramp * (lo ** (1 / 7) - hi ** (1 / 7))) ** 7
+
+
+def exponential_sigmas(sigmas: np.ndarray, steps: int, lo: float | None, hi: float | None) -> np.ndarray:
+    """Evenly spaced in log sigma between the table's (or the config's) bounds: A1111's "Exponential"."""
+    lo = float(sigmas[-1]) if lo is None else lo
+    hi = float(sigmas[0]) if hi is None else hi
+    return np.exp(np.linspace(math.log(hi), math.log(lo), steps))
 
 
 def sigma_to_t(sigma: np.ndarray, log_sigmas: np.ndarray) -> np.ndarray:
@@ -218,12 +227,13 @@ class EulerDiscreteScheduler(SigmaScheduler):
             raise ValueError(
                 f"prediction_type={prediction_type!r} is not supported; choose one of {PREDICTIONS}"
             )
-        if interpolation_type != "linear" or use_exponential_sigmas or use_beta_sigmas:
+        if interpolation_type != "linear" or use_beta_sigmas:
             raise ValueError(
-                "EulerDiscreteScheduler supports interpolation_type='linear' with linear or Karras sigmas only "
-                f"(got interpolation_type={interpolation_type!r}, use_exponential_sigmas={use_exponential_sigmas}, "
-                f"use_beta_sigmas={use_beta_sigmas})"
+                "EulerDiscreteScheduler supports interpolation_type='linear' with linear, Karras or exponential "
+                f"sigmas only (got interpolation_type={interpolation_type!r}, use_beta_sigmas={use_beta_sigmas})"
             )
+        if use_karras_sigmas and use_exponential_sigmas:
+            raise ValueError("only one of use_karras_sigmas and use_exponential_sigmas can be True")
         if timestep_type != "discrete":
             raise ValueError(f"timestep_type={timestep_type!r} is not supported; only 'discrete'")
         if final_sigmas_type not in ("zero", "sigma_min"):
@@ -251,8 +261,9 @@ class EulerDiscreteScheduler(SigmaScheduler):
         ac = self.alphas_cumprod
         table = np.array(((1 - ac) / ac) ** 0.5)
         sigmas = np.interp(ts, np.arange(0, len(table)), table)
-        if cfg.use_karras_sigmas:
-            sigmas = karras_sigmas(sigmas, len(ts), cfg.sigma_min, cfg.sigma_max)
+        if cfg.use_karras_sigmas or cfg.use_exponential_sigmas:
+            spaced = karras_sigmas if cfg.use_karras_sigmas else exponential_sigmas
+            sigmas = spaced(sigmas, len(ts), cfg.sigma_min, cfg.sigma_max)
             ts = np.array([sigma_to_t(s, np.log(table)) for s in sigmas])
         last = ((1 - ac[0]) / ac[0]) ** 0.5 if cfg.final_sigmas_type == "sigma_min" else 0
         self.sigmas = torch.from_numpy(np.concatenate([sigmas, [last]]).astype(np.float32))

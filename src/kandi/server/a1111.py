@@ -249,21 +249,9 @@ def _img2img(body: Img2ImgRequest, req: EngineRequest, limits: Any) -> None:
 def _sampler(name: str | None, schedule: str | None = None) -> tuple[str | None, list[str]]:
     """kandi's sampler for an A1111 sampler name and schedule type (None: the model's own), and a note when
     kandi lacks it (A1111 clients also send the names of extensions' samplers)."""
-    from ..schedulers.names import _find
+    from ..schedulers.names import from_a1111
 
-    if not name:
-        return None, []
-    key = name.strip()
-    if schedule and schedule.strip().lower() == "karras" and not key.lower().endswith("karras"):
-        key = f"{key} Karras"
-    elif schedule and schedule.strip().lower() not in ("automatic", "karras"):
-        return None, [f"schedule type {schedule!r} is not in kandi: the model's own scheduler was used"]
-    for candidate in (key, name.strip()):
-        try:
-            return _find(candidate).name, []
-        except ValueError:
-            continue
-    return None, [f"sampler {name!r} is not in kandi: the model's own scheduler was used"]
+    return from_a1111(name, schedule)
 
 
 def _response(body: Any, req: Plan, label: str, job: Any) -> dict[str, Any]:

@@ -37,7 +37,9 @@ if TYPE_CHECKING:
 
 TABS = {"txt2img": "Text to image", "img2img": "Image to image", "inpaint": "Inpaint",
         "mix": "Mix", "controlnet": "ControlNet"}  # fmt: skip
-FAMILIES = {"k21": "Kandinsky 2.1", "k22": "Kandinsky 2.2", "k3": "Kandinsky 3"}
+FAMILIES = {"k21": "Kandinsky 2.1", "k22": "Kandinsky 2.2", "k3": "Kandinsky 3", "k31": "Kandinsky 3.1",
+            "k5": "Kandinsky 5", "k5i2i": "Kandinsky 5 editing"}  # fmt: skip
+NO_PRIOR = ("k3", "k31", "k5", "k5i2i")  # families without a prior: no prior sliders
 ASPECTS = {"1:1": (1, 1), "4:3": (4, 3), "3:4": (3, 4), "3:2": (3, 2), "2:3": (2, 3),
            "16:9": (16, 9), "9:16": (9, 16)}  # fmt: skip
 REPAINT, EXTEND = "Repaint what I paint", "Extend the image (outpaint)"
@@ -143,7 +145,7 @@ def build_body(task: str, v: dict[str, Any], family: str) -> BaseModel:
     if task == "txt2img" and v.get("hires"):
         common["hires"] = {"scale": v.get("hires_scale") or 2.0, "strength": v.get("hires_strength") or 0.5,
                            "steps": _int(v.get("hires_steps")) or 0, "upscaler": v.get("hires_upscaler") or "lanczos"}  # fmt: skip
-    if family != "k3":  # Kandinsky 3 has no prior
+    if family not in NO_PRIOR:  # Kandinsky 3 and later have no prior
         common |= {
             "prior_steps": _int(v.get("prior_steps")),
             "prior_guidance_scale": v.get("prior_guidance_scale"),
@@ -385,7 +387,7 @@ def build_blocks(ui: UI) -> gr.Blocks:
 def model_updates(ui: UI, label: str) -> list[dict[str, Any]]:
     """What choosing model `label` changes in each tab: a notice and no Generate where the model cannot
     do the task, and the TUNED sliders at its defaults (Kandinsky 3 has no prior)."""
-    d, ok, k3 = ui.defaults(label), ui.tasks(label), ui.entry(label).family == "k3"
+    d, ok, k3 = ui.defaults(label), ui.tasks(label), ui.entry(label).family in NO_PRIOR
     tuned = [gr.update(value=d[k]) for k in TUNED[:4]]
     tuned += [gr.update(visible=not k3, **({"value": d[k]} if k in d else {})) for k in TUNED[4:]]
     out = []
@@ -411,7 +413,7 @@ def _cannot(label: str, task: str) -> str:
 def _task_tab(ui: UI, task: str, model: Any) -> tuple[dict[str, Any], Any, Any]:
     """One tab: (its inputs by field name, the notice of a model that cannot do it, Generate)."""
     d = ui.defaults(model.value)
-    k3, ok = ui.entry(model.value).family == "k3", task in ui.tasks(model.value)
+    k3, ok = ui.entry(model.value).family in NO_PRIOR, task in ui.tasks(model.value)
     c: dict[str, Any] = {"model": model}
     notice = gr.Markdown(_cannot(model.value, task), visible=not ok, elem_id=f"{task}-notice")
     # three columns: on a wide screen the images sit right of both input columns (CSS grid); on a
