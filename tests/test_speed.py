@@ -247,3 +247,31 @@ def test_keep_freed_memory_sets_glibc_malloc_where_it_is_glibc() -> None:
     kept = fast.keep_freed_memory()  # twice: setting the same values again is fine
     assert fast.keep_freed_memory() is kept
     assert kept is (platform.libc_ver()[0] == "glibc")
+
+
+def test_the_engine_compiles_for_serve_and_batch(k22_repos, tmp_path, monkeypatch) -> None:
+    """`kandi serve --compile` and `kandi batch --compile` reach the engine: each loaded UNet step and
+    decoder is compiled once, and a batch job's images equal the uncompiled ones."""
+    from kandi import cli, fast
+    from kandi.engine import Engine
+
+    compile_models, compiled = fast.compile_models, []
+
+    def eager(models):
+        compiled.append(type(models).__name__)
+        return compile_models(models, backend="eager")
+
+    monkeypatch.setattr(fast, "compile_models", eager)
+    engine = Engine([str(k22_repos["decoder"])], prior=str(k22_repos["prior"]), compile=True)
+    _, models = engine.models(engine.default, "decoder")
+    assert models.unet._kandi_compiled and models.movq._kandi_compiled
+    job = tmp_path / "job.txt"
+    job.write_text("a red cat\n")
+    tiny = ["-W", "64", "-H", "64", "--steps", "2", "--prior-steps", "2", "-s", "3", "-q"]
+    where = ["-m", str(k22_repos["decoder"]), "--prior", str(k22_repos["prior"])]
+    for out, more in (("plain", []), ("compiled", ["--compile"])):
+        assert cli.main(["batch", str(job), "-o", str(tmp_path / out), *where, *tiny, *more]) == 0
+    assert len(compiled) == 2  # the engine's decoder above, then the batch run's (not the plain run)
+    pngs = [sorted((tmp_path / d).glob("*.png")) for d in ("plain", "compiled")]
+    assert len(pngs[0]) == len(pngs[1]) == 1
+    assert np.array_equal(*(np.asarray(PIL.Image.open(p[0])) for p in pngs))

@@ -156,6 +156,7 @@ class Runtime:
     variant: str | None = None
     offline: bool = False
     batch_size: int = 1
+    compile: bool = False
 
 
 Step = Callable[[Any], None]  # receives each Progress event
@@ -171,7 +172,7 @@ class Worker:
             torch.set_num_threads(threads)
         self.runtime = runtime
         self.engine = Engine([], runtime.device, runtime.dtype, runtime.variant, runtime.offline, keep=1,
-                             downloads=show_downloads)  # fmt: skip
+                             downloads=show_downloads, compile=runtime.compile)  # fmt: skip
         self._broken: dict[tuple[str, str | None], str] = {}  # models that failed to load: not tried again
 
     def run(self, chunk: list[Request], step: Step | None = None) -> list[Outcome]:

@@ -19,6 +19,7 @@ from ..engine.models import choose_model
 from ..engine.models import runtime as runtime_of
 from ..engine.requests import random_seed
 from .common import (
+    COMPILE_HELP,
     Command,
     UsageError,
     add_limit_args,
@@ -84,6 +85,7 @@ def add_batch_args(p: argparse.ArgumentParser) -> None:
     r.add_argument("--dtype", type=dtype_name, help="fp32, fp16 or bf16 (default fp16 on cuda, fp32 on cpu)")
     r.add_argument("--variant", help="weights variant to load, e.g. fp16")
     r.add_argument("--offline", action="store_true", help="use only the local Hugging Face cache")
+    r.add_argument("--compile", action="store_true", help=COMPILE_HELP)
     r.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     add_lora_args(g)
     add_limit_args(p.add_argument_group("limits, checked for every item before any work"))
@@ -132,7 +134,7 @@ def _run(args: argparse.Namespace, items: list[Any], output: Any) -> Any:
     if args.lora_dir:
         defaults["lora_dir"] = str(Path(args.lora_dir).expanduser().absolute())
     requests = plan(items, defaults, Path(args.job).expanduser().parent.absolute(), job_seed, limits_of(args))
-    runtime = Runtime(args.device, args.dtype, args.variant, args.offline, args.batch_size or 0)
+    runtime = Runtime(args.device, args.dtype, args.variant, args.offline, args.batch_size or 0, args.compile)
     show = not args.quiet and sys.stderr.isatty()
     driver = Driver(output, requests, job_seed, show)
     try:

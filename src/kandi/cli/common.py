@@ -33,6 +33,8 @@ class _Parser(argparse.ArgumentParser):
 # ------------------------------------------------------------------------------------- argument types
 
 
+COMPILE_HELP = "torch.compile the UNet and the decoder: faster steps; the first image pays for the compile"
+
 # the A1111 names of kandi.schedulers.names.SAMPLERS, written out so that `--help` needs no torch import
 # (tests/test_sampler_names.py checks the two agree)
 SAMPLER_HELP = (
@@ -192,8 +194,7 @@ def add_runtime_args(p: Any) -> None:
     p.add_argument("--dtype", type=dtype_name, help="fp32, fp16 or bf16 (default fp16 on cuda, fp32 on cpu)")
     p.add_argument("--variant", help="weights variant to load, e.g. fp16")
     p.add_argument("--offline", action="store_true", help="use only the local Hugging Face cache")
-    p.add_argument("--compile", action="store_true",
-                   help="torch.compile the UNet and the decoder: faster steps; the first image pays for the compile")  # fmt: skip
+    p.add_argument("--compile", action="store_true", help=COMPILE_HELP)
 
 
 def add_limit_args(p: Any, base: Limits | None = None) -> None:

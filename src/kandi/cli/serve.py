@@ -8,7 +8,7 @@ import os
 import socket
 import sys
 
-from .common import Command, UsageError, dtype_name, positive_int
+from .common import COMPILE_HELP, Command, UsageError, dtype_name, positive_int
 
 SERVE_EXAMPLES = """examples:
   kandi serve                                   # kandinsky-2.2 on http://127.0.0.1:7860 (UI at /ui)
@@ -48,6 +48,7 @@ def add_serve_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dtype", type=dtype_name, help="fp32, fp16 or bf16 (default fp16 on cuda, fp32 on cpu)")
     p.add_argument("--variant", help="weights variant to load, e.g. fp16")
     p.add_argument("--offline", action="store_true", help="use only the local Hugging Face cache")
+    p.add_argument("--compile", action="store_true", help=COMPILE_HELP)
 
 
 def serve(args: argparse.Namespace) -> int:
@@ -64,8 +65,16 @@ def serve(args: argparse.Namespace) -> int:
                     max_upload_bytes=args.max_upload_mb * 2**20)  # fmt: skip
     sock = claim_port(args.host, args.port)  # before the models load: a busy port fails in a second
     print(f"kandi: loading {', '.join(args.model or ['kandinsky-2.2'])}...", file=sys.stderr, flush=True)
+    if args.compile:
+        print("kandi: --compile: the first request of each image size pays for the compile", file=sys.stderr)
     engine = Engine(
-        args.model or None, args.device, args.dtype, args.variant, args.offline, args.prior
+        args.model or None,
+        args.device,
+        args.dtype,
+        args.variant,
+        args.offline,
+        args.prior,
+        compile=args.compile,
     ).load()
     app = create_app(engine, args.workers, args.queue, limits, args.api_key, ui=not args.no_ui,
                      lora_dir=args.lora_dir, upscaler_dir=args.upscaler_dir)  # fmt: skip

@@ -44,12 +44,15 @@ class Engine:
 
     def __init__(self, models: list[str] | None = None, device: str | None = None, dtype: str | None = None,
                  variant: str | None = None, offline: bool = False, prior: str | None = None,
-                 limits: Limits | None = None, keep: int | None = None, downloads: bool = False) -> None:  # fmt: skip
+                 limits: Limits | None = None, keep: int | None = None, downloads: bool = False,
+                 compile: bool = False) -> None:  # fmt: skip
         """`models`: registry names, folders or hub ids (more may be added on use when `keep` is set);
-        `prior`: the prior repo of models that name none."""
+        `prior`: the prior repo of models that name none; `compile`: torch.compile each loaded UNet and
+        MoVQ decoder (`--compile`; models without them run as they are)."""
         self.device, self.dtype = runtime(device, dtype, None)
         self.variant, self.offline, self.prior = variant, offline, prior
         self.limits, self.keep, self.downloads = limits or Limits(), keep, downloads
+        self.compile = compile
         self.entries: dict[str, Entry] = {}
         for name in models if models is not None else [DEFAULT_MODEL]:
             self.add(name)
@@ -109,6 +112,13 @@ class Engine:
             role=role,
         )
         entry.family = family(loaded[1])
+        if self.compile:
+            from .. import fast
+
+            try:
+                fast.compile_models(loaded[1])
+            except ValueError:
+                pass  # Kandinsky 3.1 / 5 have no UNet + MoVQ pair to compile: they run eagerly
         return loaded
 
     def _evict(self, label: str) -> None:
