@@ -15,7 +15,18 @@ BENCH = Path(__file__).resolve().parent.parent / "bench"
 
 @pytest.fixture
 def bench_path(monkeypatch):
+    """bench/ on sys.path; the libraries' logging and progress bars as they were afterwards (a bench
+    quiets diffusers and transformers for its whole process, which must not leak into other tests)."""
+    import diffusers
+    import transformers
+
     monkeypatch.syspath_prepend(str(BENCH))
+    logs = [lib.utils.logging for lib in (diffusers, transformers)]
+    saved = [(log.get_verbosity(), log.is_progress_bar_enabled()) for log in logs]
+    yield
+    for log, (level, bars) in zip(logs, saved):
+        log.set_verbosity(level)
+        (log.enable_progress_bar if bars else log.disable_progress_bar)()
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")
