@@ -7,7 +7,7 @@ step count, and kandi's `KandinskyV22Pipeline` with each sampler asked for. The 
 and the CLIP text encoder) is the same for every row, so it is not run here: `bench_k22.py` times one
 prior step.
 
-    python bench/bench_samplers.py                 # 512x512 on this machine (~30 min on 2 CPU cores)
+    python bench/bench_samplers.py                 # 512x512 on this machine (~40 min on 2 CPU cores)
     python bench/bench_samplers.py --quick         # 128x128, 4 steps each: checks the script runs
     python bench/bench_samplers.py --rows "DDPM:100,DPM++ 2M Karras:25"
 
@@ -35,7 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import bench_k22 as k22  # noqa: E402  (the shared weight cache and settings)
 import common  # noqa: E402
 
-DEFAULT_ROWS = "diffusers:100,DDPM:100,DPM++ 2M Karras:25,DPM++ 2M Karras:20,UniPC:20"
+DEFAULT_ROWS = "diffusers:100,DPM++ 2M Karras:25,DPM++ 2M Karras:20,UniPC:20,diffusers DPM++ 2M Karras:25"
 
 
 def decoder_folder(s: k22.Settings) -> Path:
@@ -132,12 +132,17 @@ def main(argv: list[str] | None = None) -> int:
     ref_time = None
     for name, steps in rows:
         steps = min(steps, 4) if a.quick else steps
-        if name == "diffusers":
+        if name == "diffusers" or name.startswith("diffusers "):
             dpipe = pipe("diffusers")
-            label = f"diffusers {type(dpipe.scheduler).__name__}"
+            if name != "diffusers":  # diffusers' own class for a kandi sampler name (right on 2.2 for DPM++)
+                ours = make_sampler(name.removeprefix("diffusers "), base)
+                dpipe.scheduler = getattr(diffusers, type(ours).__name__).from_config(dict(ours.config))
+            label = f"diffusers {type(dpipe.scheduler).__name__}" + (
+                f" ({name[10:]})" if name != "diffusers" else ""
+            )
             with torch.inference_mode():
                 sec, calls = run_row(dpipe, size, steps, device)
-            ref_time = sec
+            ref_time = sec if name == "diffusers" else ref_time
         else:
             try:
                 sampler = make_sampler(name, base)
