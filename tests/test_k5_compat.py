@@ -95,27 +95,10 @@ def test_bad_arguments(pipes, bad) -> None:
 
 def test_from_pretrained_official_layout(tmp_path, pipes) -> None:
     """A diffusers-saved tiny repo with the official model_index.json (tokenizer: Qwen2VLProcessor) loads strictly."""
-    import json
+    from tiny_k5 import save_official_layout
 
     ref, _ = pipes
-    classes = {
-        "transformer": ("diffusers", "Kandinsky5Transformer3DModel"),
-        "vae": ("diffusers", "AutoencoderKL"),
-        "scheduler": ("diffusers", "FlowMatchEulerDiscreteScheduler"),
-        "text_encoder": ("transformers", "Qwen2_5_VLForConditionalGeneration"),
-        "tokenizer": ("transformers", "Qwen2VLProcessor"),
-        "text_encoder_2": ("transformers", "CLIPTextModel"),
-        "tokenizer_2": ("transformers", "CLIPTokenizer"),
-    }
-    for name in classes:
-        comp = getattr(ref, name)
-        getattr(comp, "tokenizer", comp).save_pretrained(tmp_path / name)
-    index = {
-        "_class_name": "Kandinsky5T2IPipeline",
-        "_diffusers_version": "0.42.1",
-        **{k: list(v) for k, v in classes.items()},
-    }
-    (tmp_path / "model_index.json").write_text(json.dumps(index))
+    save_official_layout(ref, tmp_path, "Kandinsky5T2IPipeline")
     from kandi import DiffusionPipeline
 
     loaded = DiffusionPipeline.from_pretrained(str(tmp_path))

@@ -166,3 +166,30 @@ def t2i_components(workdir: Path, image_token_ids: bool = False) -> dict:
 
 
 __all__ = ["ProcessorShim", "i2i_components", "json", "qwen_tokenizer", "real_processor", "t2i_components"]
+
+
+# the official K5 model_index.json components (T2I and I2I agree): the tokenizer is a Qwen2VLProcessor
+OFFICIAL_CLASSES = {
+    "transformer": ("diffusers", "Kandinsky5Transformer3DModel"),
+    "vae": ("diffusers", "AutoencoderKL"),
+    "scheduler": ("diffusers", "FlowMatchEulerDiscreteScheduler"),
+    "text_encoder": ("transformers", "Qwen2_5_VLForConditionalGeneration"),
+    "tokenizer": ("transformers", "Qwen2VLProcessor"),
+    "text_encoder_2": ("transformers", "CLIPTextModel"),
+    "tokenizer_2": ("transformers", "CLIPTokenizer"),
+}
+
+
+def save_official_layout(pipe, folder: Path, class_name: str) -> Path:
+    """`pipe`'s components (a diffusers K5 pipeline) saved in the official repo layout, with the official
+    model_index.json naming `class_name`; the processor's image config too where it has one."""
+    for name in OFFICIAL_CLASSES:
+        comp = getattr(pipe, name)
+        getattr(comp, "tokenizer", comp).save_pretrained(folder / name)
+    image_processor = getattr(pipe.tokenizer, "image_processor", None)
+    if class_name == "Kandinsky5I2IPipeline" and image_processor is not None:
+        image_processor.save_pretrained(folder / "tokenizer")
+    index = {"_class_name": class_name, "_diffusers_version": "0.42.1",
+             **{k: list(v) for k, v in OFFICIAL_CLASSES.items()}}  # fmt: skip
+    (folder / "model_index.json").write_text(json.dumps(index))
+    return folder
