@@ -131,3 +131,23 @@ def test_task_generator_matches_pipeline(pipes) -> None:
         assert np.array_equal(np.asarray(img), np.asarray(want))
     with pytest.raises(ValueError, match="flow-matching"):
         list(k5_tasks.text_to_image(m, GenerationOptions(prompt="x", scheduler="ddim")))
+
+
+def test_bf16_from_pretrained_runs_with_a_float32_timestep_path(tmp_path, pipes, monkeypatch) -> None:
+    """torch_dtype=bf16 keeps the DiT's timestep path float32 (diffusers' _keep_in_fp32_modules) and the
+    pipeline runs on that mix; the image stays near the float32 one (bf16 rounding only)."""
+    from tiny_k5 import save_official_layout
+
+    from kandi import DiffusionPipeline, fast
+
+    monkeypatch.setattr(fast, "cpu_flags", lambda: {"avx512_bf16"})  # not the real CPU's business here
+    ref, ours = pipes
+    save_official_layout(ref, tmp_path, "Kandinsky5T2IPipeline")
+    pipe = DiffusionPipeline.from_pretrained(str(tmp_path), torch_dtype=torch.bfloat16)
+    assert pipe.transformer.time_embeddings.in_layer.weight.dtype == torch.float32
+    assert pipe.transformer.visual_embeddings.in_layer.weight.dtype == torch.bfloat16
+    pipe.resolutions = [(64, 64)]
+    pipe.set_progress_bar_config(disable=True)
+    got = pipe(**_args(output_type="pt")).image.float()
+    want = ours(**_args(output_type="pt")).image
+    assert torch.isfinite(got).all() and (got - want).abs().max() < 0.1

@@ -68,3 +68,16 @@ def test_refuses_sparse_attention() -> None:
         K5DiTConfig.from_diffusers({**TINY, "attention_type": "nabla"})
     with pytest.raises(ValueError, match="divisible"):
         K5DiTConfig.from_diffusers({**TINY, "model_dim": 18})
+
+
+def test_bf16_loading_keeps_the_timestep_path_float32_as_diffusers(tmp_path) -> None:
+    """from_pretrained(torch_dtype=bf16) keeps diffusers' _keep_in_fp32_modules in float32, by diffusers'
+    rule (a parameter whose dotted name has one of those module names). diffusers' own loader needs
+    accelerate for it (it raises without), so the rule is the oracle here."""
+    ref, _ = _pair()
+    ref.save_pretrained(tmp_path)
+    ours = K5DiT.from_pretrained(str(tmp_path), torch_dtype=torch.bfloat16)
+    keep = set(type(ref)._keep_in_fp32_modules)
+    want = {k: torch.float32 if keep & set(k.split(".")) else torch.bfloat16 for k in ref.state_dict()}
+    got = {k: v.dtype for k, v in ours.state_dict().items() if k in want}
+    assert got == want and torch.float32 in got.values() and torch.bfloat16 in got.values()

@@ -80,7 +80,8 @@ def use_bf16_layout(models: Any) -> None:
         for m in model.modules():
             if isinstance(m, torch.nn.Conv2d):
                 m.channels_last_only = True  # read by the models' layout hook (models.layers)
-        model.to(memory_format=torch.channels_last)
+                # per conv, not model.to(memory_format=...): that fails on 5-D weights (Qwen-VL's Conv3d)
+                m.to(memory_format=torch.channels_last)
 
 
 def compile_models(models: Any, mode: str | None = None, backend: str = "inductor") -> str:

@@ -146,7 +146,10 @@ def load_model_from_dir(
     source = str(folder / (ws.index or ws.files[0]))
     _check_keys(model, sd, source, config_path)
     dtype = torch_dtype or torch.float32
-    sd = {k: v.to(dtype) if v.is_floating_point() else v for k, v in sd.items()}
+    # diffusers' _keep_in_fp32_modules: a model may keep some modules (K5's timestep path) in float32
+    keep = set(getattr(cls, "keep_fp32", ()))
+    sd = {k: v.to(torch.float32 if keep & set(k.split(".")) else dtype) if v.is_floating_point() else v
+          for k, v in sd.items()}  # fmt: skip
     model.load_state_dict(sd, strict=True, assign=True)
     _materialize_buffers(model)
     return model.eval()

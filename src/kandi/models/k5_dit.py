@@ -290,6 +290,14 @@ class K5DiT(KandiModel):
     # diffusers' _keep_in_fp32_modules: the timestep path stays float32 when the rest is bf16
     keep_fp32 = ("time_embeddings", "modulation", "visual_modulation", "text_modulation")
 
+    @property
+    def dtype(self) -> torch.dtype:
+        """The bulk's dtype, not the float32-kept timestep path's (as diffusers' get_parameter_dtype)."""
+        for name, p in self.named_parameters():
+            if not set(self.keep_fp32) & set(name.split(".")):
+                return p.dtype
+        return super().dtype
+
     def to_dtype(self, dtype: torch.dtype) -> K5DiT:
         """Cast to `dtype`, keeping the time embedding and every modulation in float32 (as diffusers loads)."""
         self.to(dtype)
