@@ -112,6 +112,11 @@ def test_bodies_from_ui_values():
     assert b.seed is None and b.negative_prompt is None and b.scheduler is None and b.num_images == 2
     assert (b.width, b.height, b.steps, b.prior_steps, b.guidance_scale) == (64, 64, 2, 2, 5.0)
     assert build_body("txt2img", {**SMALL, "seed": 42, "scheduler": "ddim"}, "k22").seed == 42
+    # the schedule-type menu rides on the sampler's name, as the API takes it; the model's own has none
+    for sampler, schedule, sent in (("UniPC", "Karras", "UniPC Karras"), ("Euler", "Automatic", "Euler"),
+                                    ("DPM++ 2M Karras", "Karras", "DPM++ 2M Karras"), ("model default", "Karras", None)):  # fmt: skip
+        body = build_body("txt2img", {**SMALL, "scheduler": sampler, "schedule_type": schedule}, "k22")
+        assert body.scheduler == sent
     # Kandinsky 3 has no prior: its fields are left out rather than recorded
     k3 = build_body("txt2img", {**SMALL, "prior_guidance_scale": 4.0}, "k3")
     assert k3.prior_steps is None and k3.prior_guidance_scale is None

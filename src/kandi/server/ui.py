@@ -138,7 +138,7 @@ def build_body(task: str, v: dict[str, Any], family: str) -> BaseModel:
         "guidance_scale": v.get("guidance_scale"),
         "seed": _seed(v.get("seed")),
         "num_images": _int(v.get("num_images")) or 1,
-        "scheduler": v.get("scheduler") if v.get("scheduler") not in (None, "", MODEL_DEFAULT) else None,
+        "scheduler": _sampler(v.get("scheduler"), v.get("schedule_type")),
         "loras": [{"name": n, "scale": float(v.get("lora_weight") or 1.0)} for n in v.get("loras") or []]
         or None,
     }
@@ -154,6 +154,16 @@ def build_body(task: str, v: dict[str, Any], family: str) -> BaseModel:
         common |= {"width": _int(v.get("width")), "height": _int(v.get("height"))}
     fields = {**common, **_task_fields(task, v)}
     return BODIES[task](**{k: x for k, x in fields.items() if x is not None})
+
+
+def _sampler(name: str | None, schedule: str | None) -> str | None:
+    """The sampler name the API takes: the menu's sampler with the schedule type as its suffix ("UniPC
+    Karras"; the planner refuses a combination kandi lacks). The model's own sampler has no type to set."""
+    if name in (None, "", MODEL_DEFAULT):
+        return None
+    if schedule in (None, "", "Automatic") or name.endswith(f" {schedule}"):
+        return name
+    return f"{name} {schedule}"
 
 
 def _task_fields(task: str, v: dict[str, Any]) -> dict[str, Any]:
@@ -457,10 +467,13 @@ def _settings(ui: UI, task: str, c: dict[str, Any], d: dict[str, Any], k3: bool)
                                          label="Prior steps", min_width=140, elem_id=f"{task}-prior-steps")  # fmt: skip
             c["prior_guidance_scale"] = gr.Slider(0, 20, d.get("prior_guidance_scale", 4), step=0.5,
                                                   visible=not k3, label="Prior guidance", min_width=140)  # fmt: skip
-        from ..schedulers.names import sampler_names
+        from ..schedulers.names import SCHEDULE_TYPES, sampler_names
 
-        c["scheduler"] = gr.Dropdown([MODEL_DEFAULT, *(x["name"] for x in sampler_names())], value=MODEL_DEFAULT,
-                                     label="Sampler", elem_id=f"{task}-sampler")  # fmt: skip
+        with gr.Row():
+            c["scheduler"] = gr.Dropdown([MODEL_DEFAULT, *(x["name"] for x in sampler_names())],
+                                         value=MODEL_DEFAULT, label="Sampler", elem_id=f"{task}-sampler")  # fmt: skip
+            c["schedule_type"] = gr.Dropdown(list(SCHEDULE_TYPES), value="Automatic", label="Schedule type",
+                                             info="for a sampler chosen here", elem_id=f"{task}-schedule")  # fmt: skip
         loras = lora_names(ui.server.lora_dir)
         with gr.Row(visible=bool(loras)):
             c["loras"] = gr.Dropdown(
