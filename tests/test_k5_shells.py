@@ -145,7 +145,7 @@ def test_ui_bodies_leave_out_the_prior(family):
     """The UI's img2img tab sends Kandinsky 5 no prior fields (it has no prior), and its tabs follow the
     family: text to image for kandinsky-5, img2img for kandinsky-5-i2i."""
     from kandi.engine.requests import tasks_of
-    from kandi.server.ui import build_body
+    from kandi.server.ui_bodies import build_body
 
     values = {"prompt": "make it blue", "steps": 2, "prior_steps": 2, "prior_guidance_scale": 4.0,
               "image": Image.new("RGB", (64, 48)), "strength": 0.5, "input_size": True}  # fmt: skip

@@ -18,18 +18,8 @@ from kandi.server.api import Server, create_app
 from kandi.server.inputs import FieldError, Limits, decode_mask
 from kandi.server.jobs import JobQueue
 from kandi.server.schemas import InpaintBody, MixBody, Txt2ImgBody
-from kandi.server.ui import (
-    EXTEND,
-    REPAINT,
-    TABS,
-    TUNED,
-    UI,
-    build_body,
-    editor_mask,
-    model_updates,
-    preset_size,
-    user_message,
-)
+from kandi.server.ui import TABS, TUNED, UI, model_updates, preset_size, user_message
+from kandi.server.ui_bodies import EXTEND, REPAINT, build_body, editor_mask
 
 SMALL = {"prompt": "a red fox", "width": 64, "height": 64, "steps": 2, "prior_steps": 2, "seed": -1}
 

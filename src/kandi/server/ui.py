@@ -9,8 +9,6 @@ the engine wrote, so their metadata (the A1111 `parameters` text and kandi's JSO
 from __future__ import annotations
 
 import atexit
-import base64
-import io
 import math
 import shutil
 import tempfile
@@ -21,17 +19,16 @@ from typing import TYPE_CHECKING, Any
 
 import gradio as gr
 from fastapi import FastAPI
-from pydantic import BaseModel, ValidationError
+from pydantic import ValidationError
 
 from ..engine import RequestError
 from .inputs import FieldError
 from .jobs import FINISHED, Job, QueueFull
-from .schemas import BODIES, TASKS, plan
-from .ui_extras import editor_mask, hires_inputs, lora_names
+from .schemas import TASKS, plan
+from .ui_bodies import EXTEND, MIX_SLOTS, MODEL_DEFAULT, NO_PRIOR, REPAINT, build_body
+from .ui_extras import hires_inputs, lora_names
 
 if TYPE_CHECKING:
-    from PIL import Image
-
     from ..engine import Entry
     from .service import Server
 
@@ -39,11 +36,8 @@ TABS = {"txt2img": "Text to image", "img2img": "Image to image", "inpaint": "Inp
         "mix": "Mix", "controlnet": "ControlNet"}  # fmt: skip
 FAMILIES = {"k21": "Kandinsky 2.1", "k22": "Kandinsky 2.2", "k3": "Kandinsky 3", "k31": "Kandinsky 3.1",
             "k5": "Kandinsky 5", "k5i2i": "Kandinsky 5 editing"}  # fmt: skip
-NO_PRIOR = ("k3", "k31", "k5", "k5i2i")  # families without a prior: no prior sliders
 ASPECTS = {"1:1": (1, 1), "4:3": (4, 3), "3:4": (3, 4), "3:2": (3, 2), "2:3": (2, 3),
            "16:9": (16, 9), "9:16": (9, 16)}  # fmt: skip
-REPAINT, EXTEND = "Repaint what I paint", "Extend the image (outpaint)"
-MIX_SLOTS = 4
 TUNED = ("width", "height", "steps", "guidance_scale", "prior_steps", "prior_guidance_scale")  # per model
 KEEP_SECONDS = 3600  # generated files older than this are removed (Gradio serves its own copies)
 LABELS = {"image": "Image", "hint": "Depth hint", "mask": "Mask", "width": "Width", "height": "Height",
@@ -78,13 +72,6 @@ def preset_size(aspect: str, default: int, max_side: int) -> tuple[int, int]:
         return min(top, max(64, round(v / 64) * 64))
 
     return side(default * math.sqrt(a / b)), side(default * math.sqrt(b / a))
-
-
-def png_base64(image: Image.Image) -> str:
-    """An image as the base64 PNG the API's bodies take (lossless, so masks stay exact)."""
-    buf = io.BytesIO()
-    image.save(buf, format="PNG")
-    return base64.b64encode(buf.getvalue()).decode("ascii")
 
 
 def user_message(exc: Exception) -> str:
@@ -123,110 +110,6 @@ def describe(job: Job) -> str:
         return "starting"
     head = f"image {s.image + 1}/{s.num_images} · " if s.num_images > 1 else ""
     return f"{head}{s.stage} · step {s.step}/{s.total}"
-
-
-# ------------------------------------------------------------------------------- request bodies
-
-
-def build_body(task: str, v: dict[str, Any], family: str) -> BaseModel:
-    """The native API body of `task` from the UI's values (`v`: field name -> component value)."""
-    common: dict[str, Any] = {
-        "model": v.get("model") or None,
-        "prompt": v.get("prompt") or "",
-        "negative_prompt": v.get("negative_prompt") or None,
-        "steps": _int(v.get("steps")),
-        "guidance_scale": v.get("guidance_scale"),
-        "seed": _seed(v.get("seed")),
-        "num_images": _int(v.get("num_images")) or 1,
-        "scheduler": _sampler(v.get("scheduler"), v.get("schedule_type")),
-        "loras": [{"name": n, "scale": float(v.get("lora_weight") or 1.0)} for n in v.get("loras") or []]
-        or None,
-    }
-    if task == "txt2img" and v.get("hires"):
-        common["hires"] = {"scale": v.get("hires_scale") or 2.0, "strength": v.get("hires_strength") or 0.5,
-                           "steps": _int(v.get("hires_steps")) or 0, "upscaler": v.get("hires_upscaler") or "lanczos"}  # fmt: skip
-    if family not in NO_PRIOR:  # Kandinsky 3 and later have no prior
-        common |= {
-            "prior_steps": _int(v.get("prior_steps")),
-            "prior_guidance_scale": v.get("prior_guidance_scale"),
-        }
-    if not v.get("input_size"):
-        common |= {"width": _int(v.get("width")), "height": _int(v.get("height"))}
-    fields = {**common, **_task_fields(task, v)}
-    return BODIES[task](**{k: x for k, x in fields.items() if x is not None})
-
-
-def _sampler(name: str | None, schedule: str | None) -> str | None:
-    """The sampler name the API takes: the menu's sampler with the schedule type as its suffix ("UniPC
-    Karras"; the planner refuses a combination kandi lacks). The model's own sampler has no type to set."""
-    if name in (None, "", MODEL_DEFAULT):
-        return None
-    if schedule in (None, "", "Automatic") or name.endswith(f" {schedule}"):
-        return name
-    return f"{name} {schedule}"
-
-
-def _task_fields(task: str, v: dict[str, Any]) -> dict[str, Any]:
-    if task == "img2img":
-        return {
-            "image": _image(v.get("image"), "image", "upload the image to redraw"),
-            "strength": v.get("strength"),
-        }
-    if task == "inpaint":
-        return _inpaint_fields(v)
-    if task == "mix":
-        return _mix_fields(v)
-    if task == "controlnet":
-        hint = _image(v.get("hint"), "hint", "upload a depth map (white = near)")
-        if v.get("image") is None:
-            return {"hint": hint}
-        return {"hint": hint, "image": png_base64(v["image"]), "strength": v.get("strength")}
-    return {}
-
-
-def _inpaint_fields(v: dict[str, Any]) -> dict[str, Any]:
-    editor = v.get("editor") or {}
-    image = _image(editor.get("background"), "image", "upload the image to repaint or extend")
-    out: dict[str, Any] = {"image": image, "strength": v.get("strength")}
-    if v.get("mode") == EXTEND:
-        margins = {k: _int(v.get(k)) or 0 for k in ("left", "top", "right", "bottom")}
-        if not any(margins.values()):
-            raise FieldError("outpaint", "set at least one margin to extend the image by")
-        return out | {"outpaint": margins, "width": None, "height": None}
-    mask = editor_mask(editor)
-    if mask is None:
-        raise FieldError("mask", "paint over the part to repaint with the brush (or choose to extend)")
-    feather = _int(v.get("feather"))
-    return out | {"mask": png_base64(mask), "paste_back": bool(v.get("paste_back")), "feather": feather}
-
-
-def _mix_fields(v: dict[str, Any]) -> dict[str, Any]:
-    items = []
-    for k in range(MIX_SLOTS):
-        weight = v.get(f"weight{k}")
-        if v.get(f"kind{k}") == "Image":
-            if v.get(f"image{k}") is not None:
-                items.append({"image": png_base64(v[f"image{k}"]), "weight": weight})
-        elif (v.get(f"text{k}") or "").strip():
-            items.append({"text": v[f"text{k}"].strip(), "weight": weight})
-    if len(items) < 2:
-        raise FieldError("items", "give at least two items (texts or images) to mix")
-    return {"items": items, "prompt": ""}
-
-
-def _image(im: Image.Image | None, name: str, hint: str) -> str:
-    if im is None:
-        raise FieldError(name, hint)
-    return png_base64(im)
-
-
-def _int(x: Any) -> int | None:
-    return None if x is None or x == "" else int(round(float(x)))
-
-
-def _seed(x: Any) -> int | None:
-    s = _int(x)
-    return None if s is None or s < 0 else s  # -1 (or any negative): a random seed, shown afterwards
 
 
 # ---------------------------------------------------------------------------------- the UI's state
@@ -482,9 +365,6 @@ def _settings(ui: UI, task: str, c: dict[str, Any], d: dict[str, Any], k3: bool)
             c["lora_weight"] = gr.Slider(-2, 2, 1.0, step=0.05, label="LoRA weight", min_width=140)
     if task == "txt2img":
         hires_inputs(task, c, ui.server.upscaler_dir, ui.server.limits.max_steps)
-
-
-MODEL_DEFAULT = "model default"
 
 
 def _task_inputs(task: str, c: dict[str, Any], max_side: int) -> None:

@@ -1,11 +1,10 @@
-"""Parts of the web UI: the brush editor's mask, the LoRA picker and the hi-res section."""
+"""Parts of the web UI: the LoRA picker and the hi-res section."""
 
 from __future__ import annotations
 
 from typing import Any
 
 import gradio as gr
-from PIL import Image
 
 
 def lora_names(folder: str | None) -> list[str]:
@@ -33,22 +32,3 @@ def hires_inputs(task: str, c: dict[str, Any], upscaler_dir: str | None, max_ste
             c["hires_upscaler"] = gr.Dropdown(
                 [*builtin_upscalers(), *learned], value="lanczos", label="Upscaler"
             )
-
-
-def editor_mask(value: dict[str, Any] | None) -> Image.Image | None:
-    """The repaint mask of a gr.ImageEditor value: white where any brush layer has paint, as an "L"
-    image of the background's size; None when nothing is painted."""
-    from PIL import Image, ImageChops
-
-    if not value or value.get("background") is None:
-        return None
-    size = value["background"].size
-    mask = Image.new("L", size, 0)
-    for layer in value.get("layers") or []:
-        if layer is None:
-            continue
-        alpha = layer.convert("RGBA").getchannel("A")
-        if alpha.size != size:  # a layer drawn on a canvas of another size still covers the same area
-            alpha = alpha.resize(size, Image.Resampling.NEAREST)
-        mask = ImageChops.lighter(mask, alpha.point(lambda v: 255 if v > 0 else 0))
-    return mask if mask.getbbox() else None
