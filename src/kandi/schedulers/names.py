@@ -6,6 +6,7 @@ pipeline's own base config (betas, steps_offset, ...), as diffusers' `X.from_con
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -173,6 +174,7 @@ def _overrides(s: Sampler, kind: str) -> dict[str, Any]:
     return overrides
 
 
+@functools.cache  # it builds a scheduler to find out: once per class
 def _takes_exponential(cls: type[SchedulerBase]) -> bool:
     """Whether the class builds with exponential sigmas (some take the diffusers key only to refuse it)."""
     if "use_exponential_sigmas" not in cls._init_defaults():
