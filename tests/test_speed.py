@@ -55,6 +55,45 @@ def test_conv_weights_take_their_inputs_layout_once_and_keep_diffusers_bits() ->
     assert ours.state_dict()[cl[0]].is_contiguous(memory_format=torch.channels_last)
 
 
+@torch.no_grad()
+def test_the_first_call_lays_out_every_spatial_conv_in_one_pass_before_any_runs() -> None:
+    ours, ref = _pair(UNet2, diffusers.UNet2DConditionModel, "tiny-k22-decoder", "unet")
+    seen = {}
+
+    def at_conv_in(module, args):  # runs after kandi's layout hook (registered first)
+        seen.update({n: p.is_contiguous(memory_format=torch.channels_last) and not p.is_contiguous()
+                     for n, p in ours.named_parameters() if p.dim() == 4 and p.shape[-1] > 1})  # fmt: skip
+
+    hook = ours.conv_in.register_forward_pre_hook(at_conv_in)
+    g = torch.Generator().manual_seed(1)
+    x, emb, t = torch.randn(2, 4, 8, 8, generator=g), torch.randn(2, 32, generator=g), torch.tensor(500)
+    assert torch.equal(_unet_call(ours, x, t, emb), _unet_call(ref, x, t, emb))
+    hook.remove()
+    # before the first conv ran, every other spatial conv was already channels-last (one pass) ...
+    assert not seen.pop("conv_in.weight") and seen and all(seen.values())
+    # ... and after the call, the convs fed NCHW maps hold NCHW weights again (diffusers' bits above)
+    assert ours.conv_in.weight.is_contiguous()
+    nchw = [n for n, p in ours.named_parameters() if p.dim() == 4 and p.shape[-1] > 1 and p.is_contiguous()]
+    assert "conv_in.weight" in nchw and len(nchw) < len(seen)
+
+
+def test_loading_a_model_keeps_freed_memory_unless_the_environment_says_not(tmp_path, monkeypatch) -> None:
+    from kandi import fast
+
+    torch.manual_seed(0)
+    MoVQ.from_config(tiny.tiny_kwargs("tiny-k22-decoder", "movq")).save_pretrained(tmp_path)
+    calls = []
+    monkeypatch.setattr(fast, "keep_freed_memory", lambda: calls.append(1) or True)
+    for env, want in (("0", []), ("off", []), ("1", [1]), ("", [1])):
+        monkeypatch.setattr(fast, "_kept", [])  # a fresh process
+        monkeypatch.setenv("KANDI_KEEP_FREED_MEMORY", env)
+        calls.clear()
+        MoVQ.from_pretrained(tmp_path)
+        MoVQ.from_pretrained(tmp_path)  # once per process
+        assert calls == want, env
+        assert fast.keep_freed_memory_by_default() is bool(want)
+
+
 @pytest.mark.parametrize("hw", [(8, 8), (16, 24), (10, 10), (4, 4)])
 @torch.no_grad()
 def test_spatial_norm_at_latent_size_equals_resizing_first(hw: tuple[int, int]) -> None:

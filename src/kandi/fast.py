@@ -8,6 +8,7 @@ The default fp32 path gives diffusers' bits; these trade exactness (bf16) or a l
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +42,21 @@ def keep_freed_memory() -> bool:
     except (OSError, AttributeError):
         return False
     return all(mallopt(param, value) == 1 for param, value in _KEEP)
+
+
+_KEEP_ENV = "KANDI_KEEP_FREED_MEMORY"
+_kept: list[bool] = []  # the default's outcome, once per process
+
+
+def keep_freed_memory_by_default() -> bool:
+    """What loading any kandi model does: keep_freed_memory() once per process (a 512x512 UNet step
+    of 2.2 goes from about 5.6 to 4.7 s here, in a fresh process), unless the environment says
+    KANDI_KEEP_FREED_MEMORY=0 (glibc's defaults stay; the price of keeping is up to 4 GiB of freed
+    heap held for reuse). Returns whether the settings are in force."""
+    if not _kept:
+        off = os.environ.get(_KEEP_ENV, "").strip().lower() in ("0", "false", "no", "off")
+        _kept.append(False if off else keep_freed_memory())
+    return _kept[0]
 
 
 def cpu_flags() -> set[str]:

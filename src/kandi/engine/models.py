@@ -179,7 +179,7 @@ def _placed(models: Any, device: torch.device, dtype: torch.dtype) -> Any:
     from .. import fast
 
     if device.type == "cpu":
-        fast.keep_freed_memory()  # the shells' processes run steps back to back: keep their pages
+        fast.keep_freed_memory_by_default()  # the shells' processes run steps back to back: keep their pages
     if device.type == "cpu" and dtype == torch.bfloat16:  # runtime() let it through: native bf16
         fast.use_bf16_layout(models)
     return models

@@ -16,6 +16,7 @@ from typing import Any
 
 import torch
 
+from .. import fast
 from ..errors import CheckpointError
 from .hub import WeightSet, choose_weights, resolve_component_dir, weight_sets
 
@@ -136,6 +137,7 @@ def load_model_from_dir(
     if variant and ws.variant != variant:
         log.info("%s has no %s weights; loading %s", folder, variant, ws.files[0])
     sd = cls.convert_state_dict(read_weights(folder, ws))
+    fast.keep_freed_memory_by_default()  # the steps that follow should not re-fault freed activations
     try:
         with torch.device("meta"):
             model = cls(cfg)

