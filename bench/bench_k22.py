@@ -8,6 +8,10 @@ checks that the two outputs agree (max abs diff), so the benchmark also proves p
     python bench/bench_k22.py --device cuda --dtype fp16
     python bench/bench_k22.py --only unet,prior --repeats 5
     python bench/bench_k22.py --only memory        # peak RSS of MoVQ decodes, tiled and untiled
+    python bench/bench_k22.py --only e2e --e2e-size 512 --steps 25   # one image, DDPM and DPM++ 2M
+
+End to end: the decoder pipeline (full-size UNet and MoVQ, the repo's DDPM scheduler, or DPM++ 2M)
+from fixed image embeddings, each library alone in a fresh process; the prior is timed per step above.
 
 This is a script, not a test: it prints a table (ratio = diffusers / kandi, > 1 means kandi is faster)
 and writes bench/out/results-k22-<device>.json. It exits 1 if any output pair disagrees or a part fails.
@@ -24,6 +28,7 @@ from typing import Any
 
 import torch
 from common import (
+    CONFIGS,
     OUT,
     PROMPT,
     ROOT,
@@ -32,8 +37,10 @@ from common import (
     Row,
     Settings,
     bench_cold,
+    bench_e2e,
     compare,
     config,
+    dpm_scheduler,
     load_pair,
     memory_line,
     pair_row,
@@ -45,7 +52,7 @@ from common import (
     weights_dir,
 )
 
-PARTS = ("unet", "movq", "prior", "cold", "tiny", "memory")
+PARTS = ("unet", "movq", "prior", "cold", "tiny", "memory", "e2e")
 # component -> (diffusers class, kandi class, official config file)
 MODELS = {
     "unet": ("UNet2DConditionModel", "UNet2", "k22-decoder.unet.json"),
@@ -234,10 +241,57 @@ def bench_tiny(s: Settings, report: Report) -> None:
 # -------------------------------------------------------------------------------------- peak memory
 
 
+def decoder_folder(s: Settings) -> Path:
+    """A diffusers-layout KandinskyV22Pipeline folder whose unet/ and movq/ are the cached random weights."""
+    root = s.weights / "k22-decoder-pipeline"
+    root.mkdir(parents=True, exist_ok=True)
+    for part in ("unet", "movq"):
+        link = root / part
+        if not link.exists():
+            link.symlink_to(folder_of(s, part), target_is_directory=True)
+    sched = root / "scheduler"
+    sched.mkdir(exist_ok=True)
+    shutil.copy(CONFIGS / "k22-decoder.scheduler.json", sched / "scheduler_config.json")
+    shutil.copy(CONFIGS / "k22-decoder.model_index.json", root / "model_index.json")
+    return root
+
+
+def image_embeds(dtype: torch.dtype = torch.float32) -> tuple[torch.Tensor, torch.Tensor]:
+    """The prior's output a decoder run starts from: one image embedding and a zero negative."""
+    g = torch.Generator().manual_seed(3)
+    return torch.randn(1, 1280, generator=g, dtype=dtype), torch.zeros(1, 1280, dtype=dtype)
+
+
+def e2e_case(c: dict[str, Any]) -> Any:
+    """One image from the decoder pipeline (UNet + MoVQ, full size) given the image embeddings."""
+    import importlib
+
+    lib = importlib.import_module(c["lib"])
+    pipe = lib.KandinskyV22Pipeline.from_pretrained(c["folder"])
+    if c["sampler"] == "dpm":
+        pipe.scheduler = dpm_scheduler(c["lib"], pipe.scheduler.config)
+    pipe.set_progress_bar_config(disable=True)
+    emb, neg = image_embeds()
+    kw = {"height": c["size"], "width": c["size"], "num_inference_steps": c["steps"], "output_type": "np"}
+    return lambda: torch.from_numpy(
+        pipe(
+            image_embeds=emb, negative_image_embeds=neg, **kw, generator=torch.Generator().manual_seed(0)
+        ).images
+    )
+
+
+def bench_k22_e2e(s: Settings, report: Report) -> None:
+    case = {"folder": str(decoder_folder(s))}
+    bench_e2e("bench_k22", s, report, case, "decoder pipeline (UNet + MoVQ), from image embeddings", "DDPM")
+
+
 def peak_case(case: str) -> Any:
     """The call a peak-memory child measures (common.PEAK_CHILD): a MoVQ decode described by `case`
-    (JSON: lib, folder, size, tiled), with its model loaded and its latent drawn beforehand."""
+    (JSON: lib, folder, size, tiled), with its model loaded and its latent drawn beforehand; or, for
+    kind "e2e", one image from the decoder pipeline."""
     c = json.loads(case)
+    if c.get("kind") == "e2e":
+        return e2e_case(c)
     import importlib
 
     lib = importlib.import_module(c["lib"])
@@ -309,7 +363,7 @@ def add_memory_rows(report: Report, label: str, got: dict[str, dict[str, float]]
 def main(argv: list[str] | None = None) -> int:
     s, only, out_path = parse_args(__doc__, PARTS, argv)
     steps = {"unet": bench_unet, "movq": bench_movq, "prior": bench_prior, "cold": bench_unet_cold,
-             "tiny": bench_tiny, "memory": bench_memory}  # fmt: skip
+             "tiny": bench_tiny, "memory": bench_memory, "e2e": bench_k22_e2e}  # fmt: skip
     return run(s, only, out_path, steps, f"; tiny pipeline {s.tiny_repeats} runs")
 
 

@@ -24,7 +24,6 @@ import argparse
 import gc
 import json
 import os
-import shutil
 import sys
 import time
 from pathlib import Path
@@ -38,21 +37,6 @@ import common  # noqa: E402
 DEFAULT_ROWS = "diffusers:100,DPM++ 2M Karras:25,DPM++ 2M Karras:20,UniPC:20,diffusers DPM++ 2M Karras:25"
 
 
-def decoder_folder(s: k22.Settings) -> Path:
-    """A diffusers-layout KandinskyV22Pipeline folder whose unet/ and movq/ are the cached random weights."""
-    root = s.weights / "k22-decoder-pipeline"
-    root.mkdir(parents=True, exist_ok=True)
-    for part in ("unet", "movq"):
-        link = root / part
-        if not link.exists():
-            link.symlink_to(k22.folder_of(s, part), target_is_directory=True)
-    sched = root / "scheduler"
-    sched.mkdir(exist_ok=True)
-    shutil.copy(common.CONFIGS / "k22-decoder.scheduler.json", sched / "scheduler_config.json")
-    shutil.copy(common.CONFIGS / "k22-decoder.model_index.json", root / "model_index.json")
-    return root
-
-
 def parse_rows(text: str) -> list[tuple[str, int]]:
     rows = []
     for item in text.split(","):
@@ -63,15 +47,10 @@ def parse_rows(text: str) -> list[tuple[str, int]]:
     return rows
 
 
-def embeds(dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
-    g = torch.Generator().manual_seed(3)
-    return torch.randn(1, 1280, generator=g, dtype=dtype), torch.zeros(1, 1280, dtype=dtype)
-
-
 def run_row(pipe, size: int, steps: int, device: torch.device) -> tuple[float, int]:
     """Seconds for one image, and the UNet evaluations it took (conv_in runs once per evaluation, in
     both libraries; a 2nd-order sampler evaluates about twice per step)."""
-    emb, neg = embeds(pipe.unet.dtype)
+    emb, neg = k22.image_embeds(pipe.unet.dtype)
     calls = []
     hook = pipe.unet.conv_in.register_forward_hook(lambda *_: calls.append(1))
     t0 = time.perf_counter()
@@ -115,7 +94,7 @@ def main(argv: list[str] | None = None) -> int:
     diffusers.utils.logging.set_verbosity_error()  # its accelerate hint and load bars are not figures
     from kandi.schedulers.names import make_sampler
 
-    folder = decoder_folder(s)
+    folder = k22.decoder_folder(s)
     base = json.loads((folder / "scheduler" / "scheduler_config.json").read_text())
     pipes: dict[str, object] = {}  # one library's pipeline at a time: two full-size pairs need ~11 GB
 

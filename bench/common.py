@@ -433,7 +433,7 @@ def load_pair(
 COLD_CHILD = r"""
 import sys, time
 t0 = time.perf_counter()
-bench_dir, module, part, lib, folder, device, dtype_name, size, out = sys.argv[1:]
+bench_dir, module, part, lib, folder, device, dtype_name, size, out, warm = sys.argv[1:]
 import torch
 sys.path.insert(0, bench_dir)
 bench = __import__(module)
@@ -451,8 +451,15 @@ with torch.inference_mode():
     y = bench.cold_step(model, int(size), torch.device(device), dtype)
 sync()
 t3 = time.perf_counter()
+warm_s = []
+for _ in range(int(warm)):  # later calls in this process: each library with its own process settings
+    a = time.perf_counter()
+    with torch.inference_mode():
+        bench.cold_step(model, int(size), torch.device(device), dtype)
+    sync()
+    warm_s.append(time.perf_counter() - a)
 torch.save(y.float().cpu(), out)
-print("COLD", t1 - t0, t2 - t1, t3 - t2, flush=True)
+print("COLD", t1 - t0, t2 - t1, t3 - t2, *warm_s, flush=True)
 """
 
 
@@ -468,10 +475,12 @@ def child_env() -> dict[str, str]:
     return {**os.environ, "HF_HUB_OFFLINE": "1", "DIFFUSERS_NO_ADVISORY_WARNINGS": "1", "TQDM_DISABLE": "1"}
 
 
-def cold_once(module: str, part: str, lib: str, folder: Path, s: Settings, out: Path) -> dict[str, float]:
+def cold_once(
+    module: str, part: str, lib: str, folder: Path, s: Settings, out: Path, warm: int = 0
+) -> dict[str, Any]:
     read_through(folder)
     argv = [sys.executable, "-c", COLD_CHILD, str(ROOT / "bench"), module, part, lib, str(folder),
-            str(s.device), s.dtype_name, str(s.size), str(out)]  # fmt: skip
+            str(s.device), s.dtype_name, str(s.size), str(out), str(warm)]  # fmt: skip
     t0 = time.perf_counter()
     proc = subprocess.run(argv, capture_output=True, text=True, env=child_env(), cwd=ROOT)
     total = time.perf_counter() - t0
@@ -480,12 +489,17 @@ def cold_once(module: str, part: str, lib: str, folder: Path, s: Settings, out: 
         raise RuntimeError(
             f"cold start of {lib} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr[-3000:]}"
         )
-    imp, load, step = (float(v) for v in line.split()[1:])
-    return {"total": total, "import": imp, "load": load, "step": step}
+    imp, load, step, *warm_s = (float(v) for v in line.split()[1:])
+    return {"total": total - sum(warm_s), "import": imp, "load": load, "step": step, "warm": warm_s}
 
 
-def bench_cold(module: str, part: str, folder: Path, s: Settings, report: Report, what: str) -> None:
-    """Cold start rows: a fresh process imports the library, loads `part` and runs its first call."""
+def bench_cold(
+    module: str, part: str, folder: Path, s: Settings, report: Report, what: str, warm: int = 2
+) -> None:
+    """Cold start rows: a fresh process imports the library, loads `part` and runs its first call;
+    then `warm` more calls in that process give the "own process" row: the step as a user's process
+    runs it, with the process-wide settings each library makes (kandi keeps freed memory, see
+    kandi.fast.keep_freed_memory), which the in-process rows cannot show (both share one allocator)."""
     tmp = OUT / "cold"
     tmp.mkdir(parents=True, exist_ok=True)
     libs = ("kandi", "diffusers")
@@ -495,10 +509,10 @@ def bench_cold(module: str, part: str, folder: Path, s: Settings, report: Report
             cold_once(module, part, lib, folder, s, tmp / f"{lib}.pt")
     for i in range(s.cold_repeats):
         for lib in libs if i % 2 == 0 else libs[::-1]:
-            runs[lib].append(cold_once(module, part, lib, folder, s, tmp / f"{lib}.pt"))
-            print(
-                f"  cold {lib}: " + ", ".join(f"{k} {v:.2f} s" for k, v in runs[lib][-1].items()), flush=True
-            )
+            runs[lib].append(cold_once(module, part, lib, folder, s, tmp / f"{lib}.pt", warm))
+            got = runs[lib][-1]
+            print(f"  cold {lib}: " + ", ".join(f"{k} {v:.2f} s" for k, v in got.items() if k != "warm")
+                  + "; then " + ", ".join(f"{v:.2f}" for v in got["warm"]) + " s", flush=True)  # fmt: skip
     diff, ref, ok = compare("cold start", torch.load(tmp / "kandi.pt", weights_only=True),
                             torch.load(tmp / "diffusers.pt", weights_only=True), s.dtype_name)  # fmt: skip
     labels = {"total": f"cold start total ({what})", "import": "  cold: import", "load": f"  cold: load {part}",
@@ -507,6 +521,11 @@ def bench_cold(module: str, part: str, folder: Path, s: Settings, report: Report
         row = Row(label, [r[key] for r in runs["kandi"]], [r[key] for r in runs["diffusers"]])
         if key == "total":
             row.diff, row.ref, row.ok, row.note = diff, ref, ok, "fresh process, weights in page cache"
+        report.add(row)
+    if warm:
+        row = Row(f"{part} call, own process ({what}, calls 2-{warm + 1})",
+                  [v for r in runs["kandi"] for v in r["warm"]], [v for r in runs["diffusers"] for v in r["warm"]],
+                  note="each library alone in a fresh process, with its own process settings")  # fmt: skip
         report.add(row)
 
 

@@ -77,6 +77,33 @@ def test_the_first_call_lays_out_every_spatial_conv_in_one_pass_before_any_runs(
     assert "conv_in.weight" in nchw and len(nchw) < len(seen)
 
 
+def test_the_loader_reads_spatial_conv_weights_channels_last_with_every_value_kept(tmp_path) -> None:
+    from safetensors.torch import load_file
+
+    from kandi.loading.checkpoints import read_weights
+    from kandi.loading.hub import choose_weights
+    from kandi.models.prior import Prior
+
+    ours, ref = _pair(UNet2, diffusers.UNet2DConditionModel, "tiny-k22-decoder", "unet")
+    ref.save_pretrained(tmp_path / "unet")
+    loaded = UNet2.from_pretrained(tmp_path / "unet")
+    file = load_file(tmp_path / "unet" / "diffusion_pytorch_model.safetensors")
+    got = loaded.state_dict()
+    # every tensor, the moved ones and their neighbours in the file (whose pages were dropped), intact
+    assert got.keys() == file.keys() and all(torch.equal(got[k], v) for k, v in file.items())
+    spatial = [k for k, v in file.items() if v.dim() == 4 and v.shape[-1] * v.shape[-2] > 1]
+    assert spatial and all(not got[k].is_contiguous() for k in spatial)
+    assert all(got[k].is_contiguous(memory_format=torch.channels_last) for k in spatial)
+    g = torch.Generator().manual_seed(1)
+    x, emb, t = torch.randn(2, 4, 8, 8, generator=g), torch.randn(2, 32, generator=g), torch.tensor(500)
+    with torch.no_grad():  # the first call puts the NCHW-fed convs back: diffusers' bits
+        assert torch.equal(_unet_call(loaded, x, t, emb), _unet_call(ref, x, t, emb))
+    assert loaded.conv_in.weight.is_contiguous()
+    # for a model whose convs do not follow their inputs (no channels_last_convs) the file's layout stays
+    plain = read_weights(tmp_path / "unet", choose_weights(["diffusion_pytorch_model.safetensors"], None))
+    assert all(plain[k].is_contiguous() for k in spatial) and not Prior.channels_last_convs
+
+
 def test_loading_a_model_keeps_freed_memory_unless_the_environment_says_not(tmp_path, monkeypatch) -> None:
     from kandi import fast
 

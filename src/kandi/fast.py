@@ -116,6 +116,7 @@ def compile_models(models: Any, mode: str | None = None, backend: str = "inducto
             continue
         parts.append("UNet" if name == "unet" else "MoVQ decoder")
         if not getattr(model, "_kandi_compiled", False):
+            _plain_conv_weights(model)
             fn = getattr(model, method)
             setattr(
                 model, method, torch.compile(fn, fullgraph=True, dynamic=False, mode=mode, backend=backend)
@@ -124,6 +125,17 @@ def compile_models(models: Any, mode: str | None = None, backend: str = "inducto
     if not parts:
         raise ValueError(f"{type(models).__name__} has no UNet or MoVQ to compile (Kandinsky 2.x and 3 have)")
     return COMPILE_NOTE.format(parts=" and the ".join(parts))
+
+
+@torch.no_grad()
+def _plain_conv_weights(model: torch.nn.Module) -> None:
+    """NCHW conv weights for a compiled graph: it skips the eager layout hook (models.layers), so
+    channels-last weights that kandi's loader gave every spatial conv would also switch the convs fed
+    NCHW maps to channels-last kernels (other bits than the eager model); NCHW weights give the eager
+    model's bits everywhere (a channels-last map with an NCHW weight sums as with a channels-last one)."""
+    for m in model.modules():
+        if isinstance(m, torch.nn.Conv2d) and not getattr(m, "channels_last_only", False):
+            m.weight.data = m.weight.data.contiguous()
 
 
 def _component(models: Any, name: str) -> torch.nn.Module | None:

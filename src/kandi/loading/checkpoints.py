@@ -38,16 +38,65 @@ def read_json(path: Path, what: str = "config") -> dict[str, Any]:
     return data
 
 
-def _read_safetensors(path: Path) -> dict[str, torch.Tensor]:
+def _read_safetensors(path: Path, channels_last: bool = False) -> dict[str, torch.Tensor]:
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
     try:
-        return load_file(str(path), device="cpu")
+        sd = load_file(str(path), device="cpu")  # views of the memory-mapped file, read on first use
+        if channels_last:
+            sd.update(_read_spatial_channels_last(path, sd))
+        return sd
     except (SafetensorError, OSError, RuntimeError) as e:
         raise CheckpointError(
             f"{path} is not a readable safetensors file (truncated or corrupt?): {e}"
         ) from None
+
+
+def _read_spatial_channels_last(path: Path, mapped: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The file's spatial conv weights (4-D, kernel larger than 1x1) as channels-last tensors.
+
+    The layout the model would give them at its first call (models.layers.follow_input_layouts),
+    made while loading. Each is copied out of its view of the memory-mapped file, then the mapping's
+    pages under it are dropped (madvise DONTNEED: clean file pages, read again from the file if ever
+    touched; no other tensor shares them). Without that the copied-from pages would stay in the RSS
+    beside the copy: 9.0 instead of 5.5 GB for the 2.2 UNet after a step. Same values either way.
+    """
+    out = {}
+    for name, t in mapped.items():
+        if t.dim() == 4 and t.shape[2] * t.shape[3] > 1 and t.is_floating_point() and t.is_contiguous():
+            out[name] = torch.empty_like(t, memory_format=torch.channels_last).copy_(t)
+            _drop_mapped_pages(t)
+    return out
+
+
+_PAGE = 4096
+_madvise: list[Any] = []  # libc's madvise, found once (None where there is none)
+
+
+def _drop_mapped_pages(t: torch.Tensor) -> None:
+    # only whole pages inside this tensor's own bytes: safetensors tensors never overlap
+    if not _madvise:
+        _madvise.append(_find_madvise())
+    start = -(-t.data_ptr() // _PAGE) * _PAGE
+    end = (t.data_ptr() + t.nbytes) // _PAGE * _PAGE
+    if _madvise[0] is not None and end > start:
+        _madvise[0](start, end - start, 4)  # MADV_DONTNEED; a failure only leaves the pages mapped
+
+
+def _find_madvise() -> Any:
+    import ctypes
+    import ctypes.util
+    import sys
+
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        fn = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").madvise
+    except (OSError, AttributeError):
+        return None
+    fn.argtypes, fn.restype = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int], ctypes.c_int
+    return fn
 
 
 def _read_bin(path: Path) -> dict[str, torch.Tensor]:
@@ -76,8 +125,9 @@ def _bin_reason(e: Exception) -> str:
     return f"corrupt, or not a plain state dict of tensors ({type(e).__name__}: {line})"
 
 
-def read_weights(folder: Path, ws: WeightSet) -> dict[str, torch.Tensor]:
-    """All tensors of one weight set (single file or shards listed by its index)."""
+def read_weights(folder: Path, ws: WeightSet, channels_last: bool = False) -> dict[str, torch.Tensor]:
+    """All tensors of one weight set (single file or shards listed by its index); `channels_last`:
+    spatial conv weights of safetensors files come channels-last (see _read_spatial_channels_last)."""
     files = list(ws.files)
     if ws.index:
         index = read_json(folder / ws.index, "weights index")
@@ -88,10 +138,13 @@ def read_weights(folder: Path, ws: WeightSet) -> dict[str, torch.Tensor]:
         missing = [f for f in files if not (folder / f).is_file()]
         if missing:
             raise CheckpointError(f"{folder} is missing shard(s) {missing} listed in {ws.index}")
-    reader = _read_safetensors if ws.ext == ".safetensors" else _read_bin
     sd: dict[str, torch.Tensor] = {}
     for f in files:
-        sd.update(reader(folder / f))
+        sd.update(
+            _read_safetensors(folder / f, channels_last)
+            if ws.ext == ".safetensors"
+            else _read_bin(folder / f)
+        )
     return sd
 
 
@@ -136,7 +189,7 @@ def load_model_from_dir(
         raise CheckpointError(_no_weights_message(folder, names, variant))
     if variant and ws.variant != variant:
         log.info("%s has no %s weights; loading %s", folder, variant, ws.files[0])
-    sd = cls.convert_state_dict(read_weights(folder, ws))
+    sd = cls.convert_state_dict(read_weights(folder, ws, getattr(cls, "channels_last_convs", False)))
     fast.keep_freed_memory_by_default()  # the steps that follow should not re-fault freed activations
     try:
         with torch.device("meta"):

@@ -90,6 +90,9 @@ class KandiModel(nn.Module):
 
     config_class: ClassVar[Any]
     diffusers_name: ClassVar[str]
+    # models whose convs follow their inputs' layouts (follow_input_layouts): the loader reads their
+    # spatial conv weights from the file straight into channels-last tensors (loading/checkpoints.py)
+    channels_last_convs: ClassVar[bool] = False
 
     config: Any
 

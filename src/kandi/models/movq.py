@@ -454,6 +454,7 @@ class MoVQ(TiledAutoencoder, KandiModel):
 
     config_class = MoVQConfig
     diffusers_name = "VQModel"
+    channels_last_convs = True
     auto_tile_pixels = AUTO_TILE_PIXELS
 
     def __init__(self, config: MoVQConfig):

@@ -477,6 +477,7 @@ class UNet2(KandiModel):
 
     config_class = UNet2Config
     diffusers_name = "UNet2DConditionModel"
+    channels_last_convs = True
 
     def __init__(self, config: UNet2Config):
         super().__init__()

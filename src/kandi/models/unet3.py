@@ -416,6 +416,7 @@ class UNet3(KandiModel):
 
     config_class = UNet3Config
     diffusers_name = NAME
+    channels_last_convs = True
 
     def __init__(self, config: UNet3Config):
         super().__init__()
