@@ -48,11 +48,12 @@ from common import (
     peak_once,
     run,
     size_gb,
+    sync,
     time_interleaved,
     weights_dir,
 )
 
-PARTS = ("unet", "movq", "prior", "cold", "tiny", "memory", "e2e")
+PARTS = ("unet", "movq", "prior", "cold", "tiny", "memory", "e2e", "compile")
 # component -> (diffusers class, kandi class, official config file)
 MODELS = {
     "unet": ("UNet2DConditionModel", "UNet2", "k22-decoder.unet.json"),
@@ -130,6 +131,36 @@ def bench_unet(s: Settings, report: Report) -> None:
     ctimes, _, _ = time_interleaved({"c": lambda: k.condition(kadded["image_embeds"])}, s)
     report.info["unet_condition_s"] = statistics.median(ctimes["c"])
     print(f"  kandi unet.condition() once per generation: {report.info['unet_condition_s'] * 1e3:.2f} ms")
+
+
+def bench_compile(s: Settings, report: Report) -> None:
+    """kandi's opt-in `enable_compile()` path (torch.compile of `unet.denoise`, inductor) against
+    diffusers' eager UNet; the first call's compile time is reported on its own."""
+    import time
+    from types import SimpleNamespace
+
+    from kandi import fast
+
+    k, d, _ = pair("unet", s)
+    x, emb, t = unet_inputs(s.size, s.device, s.dtype)
+    fast.compile_models(SimpleNamespace(unet=k))
+    with torch.inference_mode():
+        cond = k.condition(emb)
+        t0 = time.perf_counter()
+        k.denoise(x, t, cond)
+        sync(s.device)
+        report.info["compile_first_call_s"] = time.perf_counter() - t0
+    print(f"  first compiled call (compiles): {report.info['compile_first_call_s']:.1f} s", flush=True)
+    fns = {
+        "d": lambda: d(
+            x, t, encoder_hidden_states=None, added_cond_kwargs={"image_embeds": emb}, return_dict=False
+        )[0],
+        "k": lambda: k.denoise(x, t, cond),
+    }
+    times, outs, peaks = time_interleaved(fns, s)
+    label = f"unet step {s.size}x{s.size} (kandi torch.compile, diffusers eager)"
+    note = f"inductor; first call {report.info['compile_first_call_s']:.0f} s"
+    report.add(pair_row(label, "k", "d", times, outs, peaks, s, note, size_gb(k, d)))
 
 
 def bench_movq(s: Settings, report: Report, part: str = "movq") -> None:
@@ -303,13 +334,11 @@ def peak_case(case: str) -> Any:
     return lambda: model.decode(z, force_not_quantize=True).sample
 
 
-UNTILED_MAX = 1024  # larger untiled decodes are not run on CPU: 2048x2048 would need about 20 GB
-
-
 def bench_memory(s: Settings, report: Report, module: str = "bench_k22", part: str = "movq") -> None:
     """Peak RSS of one MoVQ decode per size, each in a fresh process (CPU only: /proc/self/status): kandi
     tiled (enable_tiling() defaults) at every size; kandi untiled up to UNTILED_MAX px; diffusers (no
-    tiling; the same computation as kandi untiled) at the first size only, to check that claim."""
+    tiling; the same computation as kandi untiled) at the first size only, to check that claim.
+    Untiled decodes run up to --untiled-max px (default 1024: 2048x2048 needs about 17 GB)."""
     if s.cuda:
         print("  memory rows measure CPU RSS: skipped on CUDA (bench_gpu.py reports peak VRAM)")
         return
@@ -318,7 +347,9 @@ def bench_memory(s: Settings, report: Report, module: str = "bench_k22", part: s
     tmp.mkdir(parents=True, exist_ok=True)
     for i, size in enumerate(s.memory_sizes):
         cases = (
-            [("kandi", True)] + [("kandi", False)] * (size <= UNTILED_MAX) + [("diffusers", False)] * (i == 0)
+            [("kandi", True)]
+            + [("kandi", False)] * (size <= s.untiled_max)
+            + [("diffusers", False)] * (i == 0)
         )
         got, outs = {}, {}
         for lib, tiled in cases:
@@ -363,7 +394,7 @@ def add_memory_rows(report: Report, label: str, got: dict[str, dict[str, float]]
 def main(argv: list[str] | None = None) -> int:
     s, only, out_path = parse_args(__doc__, PARTS, argv)
     steps = {"unet": bench_unet, "movq": bench_movq, "prior": bench_prior, "cold": bench_unet_cold,
-             "tiny": bench_tiny, "memory": bench_memory, "e2e": bench_k22_e2e}  # fmt: skip
+             "tiny": bench_tiny, "memory": bench_memory, "e2e": bench_k22_e2e, "compile": bench_compile}  # fmt: skip
     return run(s, only, out_path, steps, f"; tiny pipeline {s.tiny_repeats} runs")
 
 

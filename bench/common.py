@@ -68,6 +68,7 @@ class Settings:
     weights: Path
     quick: bool
     kandi_dtype_name: str | None = None  # --kandi-dtype: kandi's own (opt-in bf16) against diffusers'
+    untiled_max: int = 1024  # largest image side of an untiled MoVQ decode in the memory rows
 
     @property
     def dtype(self) -> torch.dtype:
@@ -116,6 +117,12 @@ def parse_args(doc: str, parts: tuple[str, ...], argv: list[str] | None = None,
     p.add_argument("--movq-sizes", type=sizes, default=None, help="MoVQ decode sides (default 512,768,1024)")
     p.add_argument(
         "--memory-sizes", type=sizes, default=None, help="peak-memory sides (default 768,1024,2048)"
+    )
+    p.add_argument(
+        "--untiled-max",
+        type=int,
+        default=1024,
+        help="memory rows: largest side decoded untiled too (default 1024; 2048 needs about 17 GB free)",
     )
     p.add_argument("--steps", type=int, default=None, help=f"end-to-end steps (default {default_steps})")
     p.add_argument("--e2e-size", type=int, default=None, help="end-to-end image side (default 768)")
@@ -166,6 +173,7 @@ def parse_args(doc: str, parts: tuple[str, ...], argv: list[str] | None = None,
         weights=a.weights.resolve(),
         quick=q,
         kandi_dtype_name=a.kandi_dtype,
+        untiled_max=a.untiled_max,
     )
     name = Path(sys.argv[0]).stem.removeprefix("bench_") if argv is None else "bench"
     out = a.out or OUT / f"results-{name}-{device.type}{'-quick' if q else ''}.json"
