@@ -53,7 +53,7 @@ from common import (
     weights_dir,
 )
 
-PARTS = ("unet", "movq", "prior", "cold", "tiny", "memory", "e2e", "compile")
+PARTS = ("unet", "movq", "prior", "cold", "movq-cold", "tiny", "memory", "e2e", "compile")
 # component -> (diffusers class, kandi class, official config file)
 MODELS = {
     "unet": ("UNet2DConditionModel", "UNet2", "k22-decoder.unet.json"),
@@ -88,7 +88,11 @@ def unet_inputs(size: int, device: torch.device, dtype: torch.dtype) -> tuple[to
 
 
 def cold_step(model: Any, size: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
-    """The first call of a cold start (common.COLD_CHILD): one guided UNet step."""
+    """The first call of a cold start (common.COLD_CHILD): one guided UNet step, or for the MoVQ one
+    decode of a size x size image."""
+    if hasattr(model, "quantize"):  # MoVQ / VQModel
+        z = torch.randn(1, 4, size // 8, size // 8, generator=torch.Generator().manual_seed(2))
+        return model.decode(z.to(device, dtype), force_not_quantize=True).sample
     x, emb, t = unet_inputs(size, device, dtype)
     return model(
         x, t, encoder_hidden_states=None, added_cond_kwargs={"image_embeds": emb}, return_dict=False
@@ -212,6 +216,10 @@ def bench_prior(s: Settings, report: Report) -> None:
 
 def bench_unet_cold(s: Settings, report: Report) -> None:
     bench_cold("bench_k22", "unet", folder_of(s, "unet"), s, report, f"unet, {s.size}x{s.size}")
+
+
+def bench_movq_cold(s: Settings, report: Report) -> None:
+    bench_cold("bench_k22", "movq", folder_of(s, "movq"), s, report, f"movq decode, {s.size}x{s.size}")
 
 
 def tiny_repos() -> dict[str, Path]:
@@ -394,7 +402,8 @@ def add_memory_rows(report: Report, label: str, got: dict[str, dict[str, float]]
 def main(argv: list[str] | None = None) -> int:
     s, only, out_path = parse_args(__doc__, PARTS, argv)
     steps = {"unet": bench_unet, "movq": bench_movq, "prior": bench_prior, "cold": bench_unet_cold,
-             "tiny": bench_tiny, "memory": bench_memory, "e2e": bench_k22_e2e, "compile": bench_compile}  # fmt: skip
+             "movq-cold": bench_movq_cold, "tiny": bench_tiny, "memory": bench_memory, "e2e": bench_k22_e2e,
+             "compile": bench_compile}  # fmt: skip
     return run(s, only, out_path, steps, f"; tiny pipeline {s.tiny_repeats} runs")
 
 
