@@ -323,8 +323,8 @@ def decoder_loop(
             pred = pred[:, :channels]
         s.latents = scheduler.step(pred, ts_host[i], s.latents, **draw)[0]
         if inpaint is not None and inpaint.reinject:
-            t_next = ts_host[i + 1] if i + 1 < len(ts_host) else None
-            s.latents = _reinject(scheduler, inpaint, s.latents, t_next, s.mask_image[: len(s.latents)])
+            nxt = ts[i + 1 : i + 2] if i + 1 < len(ts_host) else None  # a view: no tensor made per step
+            s.latents = _reinject(scheduler, inpaint, s.latents, nxt, s.mask_image[: len(s.latents)])
         s.i, s.t = i, t
         yield s
     if inpaint is not None and inpaint.reinject:
@@ -336,12 +336,13 @@ def decoder_loop(
 
 
 def _reinject(
-    scheduler: Any, inp: Inpaint, latents: torch.Tensor, t_next: int | None, keep: torch.Tensor
+    scheduler: Any, inp: Inpaint, latents: torch.Tensor, t_next: torch.Tensor | None, keep: torch.Tensor
 ) -> torch.Tensor:
-    """Put the known region (`keep`: the current mask) back, noised to the next step's level."""
+    """Put the known region (`keep`: the current mask) back, noised to the next step's level
+    (`t_next`: a 1-element tensor on the latents' device, so no host tensor is made per step)."""
     known = inp.known
     if t_next is not None:
-        known = scheduler.add_noise(known, inp.noise, torch.tensor([t_next]))
+        known = scheduler.add_noise(known, inp.noise, t_next)
     return keep * known + (1 - keep) * latents
 
 
