@@ -38,36 +38,37 @@ def read_json(path: Path, what: str = "config") -> dict[str, Any]:
     return data
 
 
-def _read_safetensors(path: Path, channels_last: bool = False) -> dict[str, torch.Tensor]:
+def _read_safetensors(path: Path) -> dict[str, torch.Tensor]:
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
     try:
-        sd = load_file(str(path), device="cpu")  # views of the memory-mapped file, read on first use
-        if channels_last:
-            sd.update(_read_spatial_channels_last(path, sd))
-        return sd
+        return load_file(str(path), device="cpu")  # views of the memory-mapped file, read on first use
     except (SafetensorError, OSError, RuntimeError) as e:
         raise CheckpointError(
             f"{path} is not a readable safetensors file (truncated or corrupt?): {e}"
         ) from None
 
 
-def _read_spatial_channels_last(path: Path, mapped: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """The file's spatial conv weights (4-D, kernel larger than 1x1) as channels-last tensors.
+def _conv_weights_channels_last(model: torch.nn.Module, sd: dict[str, torch.Tensor]) -> None:
+    """The spatial weights of `model`'s Conv2d modules (those its layout hook manages) as channels-last
+    copies in `sd`, which holds views of memory-mapped safetensors files.
 
     The layout the model would give them at its first call (models.layers.follow_input_layouts),
-    made while loading. Each is copied out of its view of the memory-mapped file, then the mapping's
-    pages under it are dropped (madvise DONTNEED: clean file pages, read again from the file if ever
-    touched; no other tensor shares them). Without that the copied-from pages would stay in the RSS
-    beside the copy: 9.0 instead of 5.5 GB for the 2.2 UNet after a step. Same values either way.
+    made while loading. After each copy the mapping's pages under the view are dropped (madvise
+    DONTNEED of clean file pages, read again from the file if ever touched; safetensors tensors never
+    share bytes). Without that the copied-from pages would stay in the RSS beside the copy: 9.0
+    instead of 5.5 GB for the 2.2 UNet after a step. Other modules (ConvTranspose2d, ...) keep the
+    file's layout: no hook would put them back. Same values either way.
     """
-    out = {}
-    for name, t in mapped.items():
+    for name, m in model.named_modules():
+        key = f"{name}.weight" if name else "weight"
+        t = sd.get(key)
+        if not isinstance(m, torch.nn.Conv2d) or t is None:
+            continue
         if t.dim() == 4 and t.shape[2] * t.shape[3] > 1 and t.is_floating_point() and t.is_contiguous():
-            out[name] = torch.empty_like(t, memory_format=torch.channels_last).copy_(t)
+            sd[key] = torch.empty_like(t, memory_format=torch.channels_last).copy_(t)
             _drop_mapped_pages(t)
-    return out
 
 
 _PAGE = 4096
@@ -125,9 +126,8 @@ def _bin_reason(e: Exception) -> str:
     return f"corrupt, or not a plain state dict of tensors ({type(e).__name__}: {line})"
 
 
-def read_weights(folder: Path, ws: WeightSet, channels_last: bool = False) -> dict[str, torch.Tensor]:
-    """All tensors of one weight set (single file or shards listed by its index); `channels_last`:
-    spatial conv weights of safetensors files come channels-last (see _read_spatial_channels_last)."""
+def read_weights(folder: Path, ws: WeightSet) -> dict[str, torch.Tensor]:
+    """All tensors of one weight set (single file or shards listed by its index)."""
     files = list(ws.files)
     if ws.index:
         index = read_json(folder / ws.index, "weights index")
@@ -140,11 +140,7 @@ def read_weights(folder: Path, ws: WeightSet, channels_last: bool = False) -> di
             raise CheckpointError(f"{folder} is missing shard(s) {missing} listed in {ws.index}")
     sd: dict[str, torch.Tensor] = {}
     for f in files:
-        sd.update(
-            _read_safetensors(folder / f, channels_last)
-            if ws.ext == ".safetensors"
-            else _read_bin(folder / f)
-        )
+        sd.update(_read_safetensors(folder / f) if ws.ext == ".safetensors" else _read_bin(folder / f))
     return sd
 
 
@@ -189,7 +185,7 @@ def load_model_from_dir(
         raise CheckpointError(_no_weights_message(folder, names, variant))
     if variant and ws.variant != variant:
         log.info("%s has no %s weights; loading %s", folder, variant, ws.files[0])
-    sd = cls.convert_state_dict(read_weights(folder, ws, getattr(cls, "channels_last_convs", False)))
+    sd = cls.convert_state_dict(read_weights(folder, ws))
     fast.keep_freed_memory_by_default()  # the steps that follow should not re-fault freed activations
     try:
         with torch.device("meta"):
@@ -200,6 +196,8 @@ def load_model_from_dir(
         ) from None
     source = str(folder / (ws.index or ws.files[0]))
     _check_keys(model, sd, source, config_path)
+    if getattr(cls, "channels_last_convs", False) and ws.ext == ".safetensors":  # mapped views only
+        _conv_weights_channels_last(model, sd)
     dtype = torch_dtype or torch.float32
     # diffusers' _keep_in_fp32_modules: a model may keep some modules (K5's timestep path) in float32
     keep = set(getattr(cls, "keep_fp32", ()))
