@@ -127,7 +127,8 @@ def test_kandi_saves_diffusers_loads(kind: str, safe: bool, tmp_path: Path) -> N
     assert not [p.name for p in tmp_path.iterdir() if ".tmp-" in p.name]  # atomic writes leave nothing
     back = getattr(diffusers, OURS[kind].diffusers_name).from_pretrained(tmp_path).eval()
     _same_tensors(back, ref)
-    torch.testing.assert_close(_run(kind, back), _run(kind, ours), atol=0, rtol=0)
+    # same weights; MoVQ's folded upsampling convs round otherwise than diffusers' (tests/test_speed.py)
+    torch.testing.assert_close(_run(kind, back), _run(kind, ours), atol=1e-5, rtol=0)
     # and kandi reads its own folder
     _same_tensors(OURS[kind].from_pretrained(str(tmp_path)), ref)
 

@@ -3,6 +3,8 @@ norm at latent resolution), torch.compile without recompiles, bf16 on the CPU on
 
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 import PIL.Image
 import pytest
@@ -13,7 +15,8 @@ diffusers = pytest.importorskip("diffusers")
 
 import tiny  # noqa: E402  (tests/ is on sys.path through conftest)
 
-from kandi.models.movq import MoVQ, SpatialNorm  # noqa: E402
+from kandi.models.layers import UpsampleConv  # noqa: E402
+from kandi.models.movq import MoVQ, PixelConv, SpatialNorm  # noqa: E402
 from kandi.models.unet2 import UNet2  # noqa: E402
 
 
@@ -135,12 +138,53 @@ def test_spatial_norm_at_latent_size_equals_resizing_first(hw: tuple[int, int]) 
 
 
 @torch.no_grad()
-def test_movq_decode_equals_diffusers_bit_for_bit() -> None:
+def test_movq_decode_keeps_its_bits_past_the_first_call_and_is_as_accurate_as_diffusers() -> None:
     ours, ref = _pair(MoVQ, diffusers.VQModel, "tiny-k22-controlnet", "movq")  # 4 levels: 3 upsamplings
     z = 2 * torch.randn(2, 4, 6, 5, generator=torch.Generator().manual_seed(3))
-    for _ in range(2):  # the first call lays out the weights, the second runs with them
-        want = ref.decode(z, force_not_quantize=True).sample
-        assert torch.equal(ours.decode(z, force_not_quantize=True).sample, want)
+    first = ours.decode(z, force_not_quantize=True).sample  # lays out the weights, then runs
+    assert torch.equal(ours.decode(z, force_not_quantize=True).sample, first)
+    want = ref.decode(z, force_not_quantize=True).sample
+    exact = copy.deepcopy(ref).double().decode(z.double(), force_not_quantize=True).sample
+    tiny.assert_as_accurate_as(first, want, exact)
+
+
+@pytest.mark.parametrize("layout", [torch.contiguous_format, torch.channels_last])
+@pytest.mark.parametrize("hw", [(5, 7), (1, 2), (8, 8)])
+@torch.no_grad()
+def test_upsample_conv_is_a_conv_of_the_nearest_upsampled_input(hw: tuple[int, int], layout) -> None:
+    torch.manual_seed(0)
+    conv = UpsampleConv(6, 5).double()
+    x = torch.randn(2, 6, *hw, dtype=torch.float64).contiguous(memory_format=layout)
+    want = F.conv2d(F.interpolate(x, scale_factor=2.0, mode="nearest"), conv.weight, conv.bias, padding=1)
+    got = conv(x)
+    torch.testing.assert_close(got, want, atol=1e-12, rtol=0)  # the same sum: only its rounding differs
+    assert got.is_contiguous(memory_format=layout) and got.stride() == want.stride()  # diffusers' layout
+    half = conv.to(torch.bfloat16)(x.to(torch.bfloat16))  # weights folded in fp32, then rounded
+    torch.testing.assert_close(half.double(), want, atol=6e-2, rtol=2e-2)
+
+
+@pytest.mark.parametrize("layout", [torch.contiguous_format, torch.channels_last])
+@torch.no_grad()
+def test_pixel_conv_is_a_1x1_conv_returned_channels_last(layout) -> None:
+    torch.manual_seed(0)
+    conv = PixelConv(4, 32).double()
+    x = torch.randn(2, 4, 3, 5, dtype=torch.float64).contiguous(memory_format=layout)
+    got = conv(x)
+    torch.testing.assert_close(got, F.conv2d(x, conv.weight, conv.bias), atol=1e-12, rtol=0)
+    assert got.is_contiguous(memory_format=torch.channels_last)
+
+
+def test_offloaded_and_hooked_movq_convs_run_the_same_maths() -> None:
+    """The fast convs are module calls: hooks (offload moves weights in one) see them run."""
+    ours, _ = _pair(MoVQ, diffusers.VQModel, "tiny-k22-controlnet", "movq")
+    seen = []
+    for m in ours.modules():
+        if isinstance(m, UpsampleConv | PixelConv):
+            m.register_forward_pre_hook(lambda m, a: seen.append(type(m).__name__))
+    z = torch.randn(1, 4, 4, 4)
+    with torch.no_grad():
+        ours.decode(z, force_not_quantize=True)
+    assert seen.count("UpsampleConv") == 3 and seen.count("PixelConv") > 0
 
 
 # ---------------------------------------------------------------------------------------------- compile
