@@ -156,12 +156,18 @@ def test_inpaint_mask_is_not_modified_in_place(lib, emb):
 # ------------------------------------------------------------------------------------ controlnet
 
 
+# The controlnet models' tiny 4-level MoVQ amplifies fp32 rounding: kandi's decode (folded upsampling
+# convs) is as close to diffusers' float64 decode as diffusers' fp32 one (test_models_movq_prior), yet
+# the two fp32 images differ by up to ~1.1e-4, a thirtieth of a uint8 level.
+MOVQ4_TOL = 3e-4
+
+
 def test_controlnet_parity(lib, emb):
     hint = torch.rand(2, 3, 64, 64, generator=gen(2))
     for kw in ({}, {"num_images_per_prompt": 2}, {"output_type": "pt"}):
         a, b = both(lib, "controlnet", image_embeds=emb[0], negative_image_embeds=emb[1], hint=hint, height=64,
                     width=64, num_inference_steps=4, **{"output_type": "np", **kw})  # fmt: skip
-        close(a.images, b.images)
+        close(a.images, b.images, MOVQ4_TOL)
 
 
 def test_controlnet_img2img_parity(lib, emb):
@@ -170,7 +176,7 @@ def test_controlnet_img2img_parity(lib, emb):
         a, b = both(lib, "controlnet_img2img", image_embeds=emb[0][:1], negative_image_embeds=emb[1][:1],
                     image=picture(3, 64), hint=hint, height=64, width=64, num_inference_steps=5,
                     **{"output_type": "np", **kw})  # fmt: skip
-        close(a.images, b.images)
+        close(a.images, b.images, MOVQ4_TOL)
 
 
 # --------------------------------------------------------------------------------------- emb2emb
